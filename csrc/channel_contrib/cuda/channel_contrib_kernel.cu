@@ -1,0 +1,114 @@
+// CUDA kernels of mtlkernels::channel_contrib: contrib[c] = sum_{n,s} A[n,c,s] * D[n,c,s].
+//
+// [N, C, S] views with any strides. Two thread layouts so that a warp's loads are coalesced:
+// - spatial-major (unit stride along s: NCHW): block (c, split), lanes along s;
+// - channel-major (anything else, e.g. channels_last with unit stride along c): block
+//   (32 channels, split), lanes along c, 8 position rows per block.
+// Each block writes partial[split, c]; the caller sums the partials over splits (deterministic).
+#include <cstdint>
+
+#include "mtlkernels/cuda_utils.cuh"
+
+namespace mtlkernels {
+namespace cuda {
+namespace {
+
+constexpr int kSpatialThreads = 256;
+constexpr int kChanX = 32, kChanY = 8;
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kSpatialThreads)
+    contrib_spatial_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ d,
+                           int64_t sa0, int64_t sa1, int64_t sd0, int64_t sd1, int64_t N, int64_t C,
+                           int64_t S, float* __restrict__ partial, int splits) {
+  const int64_t c = blockIdx.x;
+  const int split = blockIdx.y;
+  const int64_t P = N * S;
+  const int64_t p0 = P * split / splits, p1 = P * (split + 1) / splits;
+  float acc = 0.f;
+  for (int64_t n = p0 / S; n * S < p1; ++n) {  // rows of this split, no per-element division
+    const int64_t s0 = p0 > n * S ? p0 - n * S : 0;
+    const int64_t s1 = p1 - n * S < S ? p1 - n * S : S;
+    const scalar_t* ap = a + n * sa0 + c * sa1;
+    const scalar_t* dp = d + n * sd0 + c * sd1;
+    for (int64_t s = s0 + threadIdx.x; s < s1; s += kSpatialThreads)
+      acc = fmaf(to_float(ap[s]), to_float(dp[s]), acc);
+  }
+  __shared__ float part[kSpatialThreads / 32];
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float v = 0.f;
+#pragma unroll
+    for (int q = 0; q < kSpatialThreads / 32; ++q) v += part[q];
+    partial[split * C + c] = v;
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kChanX* kChanY)
+    contrib_channel_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ d,
+                           const int64_t sa0, int64_t sa1, int64_t sa2, int64_t sd0, int64_t sd1,
+                           int64_t sd2, int64_t N, int64_t C, int64_t S,
+                           float* __restrict__ partial, int splits) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kChanX + threadIdx.x;
+  const int split = blockIdx.y;
+  const int64_t P = N * S;
+  const int64_t p0 = P * split / splits, p1 = P * (split + 1) / splits;
+  float acc = 0.f;
+  if (c < C) {
+    for (int64_t p = p0 + threadIdx.y; p < p1; p += kChanY) {
+      const int64_t n = p / S, s = p - n * S;
+      acc = fmaf(to_float(a[n * sa0 + c * sa1 + s * sa2]), to_float(d[n * sd0 + c * sd1 + s * sd2]),
+                 acc);
+    }
+  }
+  __shared__ float part[kChanY][kChanX];
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float v = 0.f;
+#pragma unroll
+    for (int q = 0; q < kChanY; ++q) v += part[q][threadIdx.x];
+    partial[split * C + c] = v;
+  }
+}
+
+}  // namespace
+
+int channel_contrib_splits(int64_t N, int64_t C, int64_t S, bool spatial_major, int num_sms) {
+  const int64_t P = N * S;
+  const int64_t cblocks = spatial_major ? C : (C + kChanX - 1) / kChanX;
+  const int64_t min_positions = spatial_major ? 2048 : 256;  // per block, to amortise the partials
+  int64_t splits = (4LL * num_sms + cblocks - 1) / cblocks;
+  const int64_t max_splits = P / min_positions > 1 ? P / min_positions : 1;
+  if (splits > max_splits) splits = max_splits;
+  if (splits > 65535) splits = 65535;
+  return static_cast<int>(splits < 1 ? 1 : splits);
+}
+
+cudaError_t launch_channel_contrib(const void* a, const void* d, DType dtype, int64_t N,
+                                   int64_t C, int64_t S, const int64_t sa[3], const int64_t sd[3],
+                                   float* partial, int splits, cudaStream_t stream) {
+  const bool spatial_major = S > 1 && sa[2] == 1 && sd[2] == 1;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto* ap = static_cast<const scalar_t*>(a);
+    const auto* dp = static_cast<const scalar_t*>(d);
+    if (spatial_major) {
+      if (C > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+      dim3 grid(static_cast<unsigned>(C), splits);
+      contrib_spatial_kernel<scalar_t><<<grid, kSpatialThreads, 0, stream>>>(
+          ap, dp, sa[0], sa[1], sd[0], sd[1], N, C, S, partial, splits);
+    } else {
+      dim3 grid(static_cast<unsigned>((C + kChanX - 1) / kChanX), splits);
+      contrib_channel_kernel<scalar_t><<<grid, dim3(kChanX, kChanY), 0, stream>>>(
+          ap, dp, sa[0], sa[1], sa[2], sd[0], sd[1], sd[2], N, C, S, partial, splits);
+    }
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace cuda
+}  // namespace mtlkernels

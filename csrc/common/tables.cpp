@@ -1,0 +1,152 @@
+#include "tables.h"
+
+namespace mtlkernels {
+
+namespace {
+bool kernel_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+int64_t addr(const at::Tensor& t) { return reinterpret_cast<int64_t>(t.data_ptr()); }
+}  // namespace
+
+int check_filter_stats_args(const std::vector<at::Tensor>& weights,
+                            const std::vector<at::Tensor>& grads) {
+  const int64_t L = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(L > 0, "filter_stats: weights is empty");
+  TORCH_CHECK(grads.size() % L == 0 && !grads.empty(),
+              "filter_stats: grads must hold T tensors per weight (layer-major), got ",
+              grads.size(), " grads for ", L, " weights");
+  const int T = static_cast<int>(grads.size() / L);
+  TORCH_CHECK(T >= 1 && T <= kMaxTasks, "filter_stats: T must be in 1..", kMaxTasks, ", got ", T);
+  const auto& w0 = weights[0];
+  TORCH_CHECK(kernel_dtype(w0.scalar_type()),
+              "filter_stats: dtype must be float32, float16 or bfloat16, got ", w0.scalar_type());
+  for (int64_t l = 0; l < L; ++l) {
+    const auto& w = weights[l];
+    TORCH_CHECK(w.dim() >= 1 && w.numel() > 0, "filter_stats: weights[", l, "] is empty");
+    TORCH_CHECK(w.is_contiguous(), "filter_stats: weights[", l, "] must be contiguous");
+    TORCH_CHECK(w.scalar_type() == w0.scalar_type() && w.device() == w0.device(),
+                "filter_stats: weights[", l, "] differs in dtype or device from weights[0]");
+    for (int t = 0; t < T; ++t) {
+      const auto& g = grads[l * T + t];
+      TORCH_CHECK(g.sizes() == w.sizes(), "filter_stats: grads[", l * T + t,
+                  "] must have the shape of weights[", l, "] ", w.sizes(), ", got ", g.sizes());
+      TORCH_CHECK(g.is_contiguous(), "filter_stats: grads[", l * T + t, "] must be contiguous");
+      TORCH_CHECK(g.scalar_type() == w0.scalar_type() && g.device() == w0.device(),
+                  "filter_stats: grads[", l * T + t, "] differs in dtype or device from weights[0]");
+    }
+  }
+  return T;
+}
+
+at::Tensor build_filter_stats_table(const std::vector<at::Tensor>& weights,
+                                    const std::vector<at::Tensor>& grads, int T) {
+  const int64_t L = static_cast<int64_t>(weights.size());
+  at::Tensor table = at::empty({filter_stats_table_size(L, T)}, at::kLong);
+  int64_t* d = table.data_ptr<int64_t>();
+  d[0] = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    const auto& w = weights[l];
+    d[l + 1] = d[l] + w.size(0);
+    d[L + 1 + l] = w.numel() / w.size(0);
+    d[2 * L + 1 + l] = addr(w);
+    for (int t = 0; t < T; ++t) d[3 * L + 1 + l * T + t] = addr(grads[l * T + t]);
+  }
+  return table;
+}
+
+std::vector<at::Tensor> alloc_filter_stats(int64_t F, int T, const at::TensorOptions& opts) {
+  const auto o = opts.dtype(at::kFloat);
+  return {at::empty({F, T}, o), at::empty({F, T, T}, o), at::empty({F}, o), at::empty({F}, o),
+          at::empty({F, T, T}, o)};
+}
+
+FilterStatsOut filter_stats_out(std::vector<at::Tensor>& o) {
+  return FilterStatsOut{o[0].data_ptr<float>(), o[1].data_ptr<float>(), o[2].data_ptr<float>(),
+                        o[3].data_ptr<float>(), o[4].data_ptr<float>()};
+}
+
+void check_channel_contrib_args(const at::Tensor& a, const at::Tensor& d) {
+  TORCH_CHECK(a.dim() == 3 && d.dim() == 3,
+              "channel_contrib: expects [N, C, S] views, got ", a.sizes(), " and ", d.sizes());
+  TORCH_CHECK(a.sizes() == d.sizes(), "channel_contrib: shapes differ: ", a.sizes(), " vs ",
+              d.sizes());
+  TORCH_CHECK(kernel_dtype(a.scalar_type()) && a.scalar_type() == d.scalar_type(),
+              "channel_contrib: dtype must be float32, float16 or bfloat16 (both the same)");
+  TORCH_CHECK(a.device() == d.device(), "channel_contrib: inputs on different devices");
+  TORCH_CHECK(a.numel() > 0, "channel_contrib: empty input");
+}
+
+at::Tensor build_gather_table(const std::vector<at::Tensor>& xs,
+                              const std::vector<std::optional<at::Tensor>>& idx1,
+                              const std::vector<std::optional<at::Tensor>>& idx2,
+                              at::IntArrayRef dim1, at::IntArrayRef dim2,
+                              std::vector<at::Tensor>& outs) {
+  const int64_t n = static_cast<int64_t>(xs.size());
+  TORCH_CHECK(n > 0, "gather: xs is empty");
+  TORCH_CHECK(static_cast<int64_t>(idx1.size()) == n && static_cast<int64_t>(idx2.size()) == n &&
+                  static_cast<int64_t>(dim1.size()) == n && static_cast<int64_t>(dim2.size()) == n,
+              "gather: idx1, idx2, dim1, dim2 must have one entry per tensor");
+  at::Tensor table = at::empty({n * kGatherDescWords}, at::kLong);
+  int64_t* w = table.data_ptr<int64_t>();
+  outs.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    const auto& x = xs[i];
+    TORCH_CHECK(x.is_contiguous(), "gather: xs[", i, "] must be contiguous");
+    TORCH_CHECK(x.device() == xs[0].device(), "gather: xs[", i, "] is on another device");
+    const int64_t es = x.element_size();
+    TORCH_CHECK(es == 1 || es == 2 || es == 4 || es == 8, "gather: xs[", i,
+                "] has an element size of ", es, " bytes (1, 2, 4 or 8 supported)");
+    const int64_t nd = x.dim();
+    const std::optional<at::Tensor>* ix[2] = {&idx1[i], &idx2[i]};
+    int64_t dm[2] = {dim1[i], dim2[i]};
+    for (int s = 0; s < 2; ++s) {
+      if (!ix[s]->has_value()) continue;
+      const auto& t = ix[s]->value();
+      TORCH_CHECK(dm[s] >= 0 && dm[s] < nd, "gather: dim ", dm[s], " out of range for xs[", i, "]");
+      TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous() &&
+                      t.device() == x.device(),
+                  "gather: indices of xs[", i, "] must be contiguous 1-D int64 on its device");
+    }
+    // Order the two selected dims; an absent index becomes a size-1 dummy dim.
+    const bool has1 = idx1[i].has_value(), has2 = idx2[i].has_value();
+    TORCH_CHECK(!(has1 && has2 && dm[0] == dm[1]), "gather: dim1 == dim2 for xs[", i, "]");
+    int64_t lo = has1 ? dm[0] : -1, hi = has2 ? dm[1] : -1;
+    const at::Tensor* ilo = has1 ? &idx1[i].value() : nullptr;
+    const at::Tensor* ihi = has2 ? &idx2[i].value() : nullptr;
+    if (lo >= 0 && hi >= 0 && lo > hi) { std::swap(lo, hi); std::swap(ilo, ihi); }
+    if (lo < 0) { lo = hi; ilo = ihi; hi = -1; ihi = nullptr; }  // only one (or no) index
+    auto prod = [&](int64_t a, int64_t b) {
+      int64_t p = 1;
+      for (int64_t k = a; k < b; ++k) p *= x.size(k);
+      return p;
+    };
+    GatherDesc g{};
+    std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+    if (lo < 0) {  // plain copy
+      g.A = 1; g.D1 = 1; g.B = 1; g.D2 = 1; g.C = x.numel();
+    } else if (hi < 0) {
+      g.A = prod(0, lo); g.D1 = x.size(lo); g.B = 1; g.D2 = 1; g.C = prod(lo + 1, nd);
+    } else {
+      g.A = prod(0, lo); g.D1 = x.size(lo); g.B = prod(lo + 1, hi); g.D2 = x.size(hi);
+      g.C = prod(hi + 1, nd);
+    }
+    g.n1 = ilo ? ilo->numel() : g.D1;
+    g.n2 = ihi ? ihi->numel() : g.D2;
+    g.idx1 = ilo ? addr(*ilo) : 0;
+    g.idx2 = ihi ? addr(*ihi) : 0;
+    if (ilo) out_shape[lo] = g.n1;
+    if (ihi) out_shape[hi] = g.n2;
+    at::Tensor out = at::empty(out_shape, x.options());
+    g.in = addr(x);
+    g.out = addr(out);
+    g.elem_size = es;
+    int64_t* r = w + i * kGatherDescWords;
+    r[0] = g.A; r[1] = g.D1; r[2] = g.B; r[3] = g.D2; r[4] = g.C; r[5] = g.n1; r[6] = g.n2;
+    r[7] = g.idx1; r[8] = g.idx2; r[9] = g.in; r[10] = g.out; r[11] = g.elem_size;
+    outs.push_back(out);
+  }
+  return table;
+}
+
+}  // namespace mtlkernels

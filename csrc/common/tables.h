@@ -1,0 +1,39 @@
+// Torch-side helpers shared by the CPU and CUDA bindings: argument checks, the multi-layer /
+// multi-tensor tables of include/mtlkernels/common.h built from tensors, and output allocation.
+// The Python wrappers in mtlkernels/ops.py validate with friendly messages first; these
+// TORCH_CHECKs are the last line of defence for direct torch.ops calls.
+#pragma once
+
+#include <torch/types.h>
+
+#include <vector>
+
+#include "mtlkernels/common.h"
+
+namespace mtlkernels {
+
+// Checks weights/grads, returns the number of tasks.
+int check_filter_stats_args(const std::vector<at::Tensor>& weights,
+                            const std::vector<at::Tensor>& grads);
+
+// int64 CPU tensor holding the FilterStatsTable of common.h.
+at::Tensor build_filter_stats_table(const std::vector<at::Tensor>& weights,
+                                    const std::vector<at::Tensor>& grads, int num_tasks);
+
+// Allocates dot, gram, wsq, wabs, wg2 (float32, on the weights' device).
+std::vector<at::Tensor> alloc_filter_stats(int64_t num_rows, int num_tasks,
+                                           const at::TensorOptions& device);
+
+FilterStatsOut filter_stats_out(std::vector<at::Tensor>& outs);
+
+void check_channel_contrib_args(const at::Tensor& a, const at::Tensor& d);
+
+// Checks the gather arguments, allocates the outputs, and returns an int64 CPU tensor of
+// num_tensors GatherDesc records (kGatherDescWords words each).
+at::Tensor build_gather_table(const std::vector<at::Tensor>& xs,
+                              const std::vector<std::optional<at::Tensor>>& idx1,
+                              const std::vector<std::optional<at::Tensor>>& idx2,
+                              at::IntArrayRef dim1, at::IntArrayRef dim2,
+                              std::vector<at::Tensor>& outs);
+
+}  // namespace mtlkernels

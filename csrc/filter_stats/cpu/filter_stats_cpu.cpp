@@ -1,0 +1,133 @@
+// C++ CPU kernel of mtlkernels::filter_stats: every filter of every layer in one parallel region.
+//
+// Work is split by elements, not rows: layers differ in K by 100x (VGG16: 27 .. 4608), so equal
+// row counts per thread would leave one thread with all the big layers. Each filter streams its
+// weight row and T gradient rows once, in chunks that stay in L1; inside a chunk every accumulator
+// is a dot product the compiler vectorises (omp simd reductions).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../../common/tables.h"
+
+namespace mtlkernels {
+namespace {
+
+constexpr int64_t kChunk = 512;
+
+inline float simd_dot(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t k = 0; k < n; ++k) s += a[k] * b[k];
+  return s;
+}
+
+inline float simd_abs_sum(const float* a, int64_t n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t k = 0; k < n; ++k) s += a[k] < 0.f ? -a[k] : a[k];
+  return s;
+}
+
+template <typename scalar_t>
+inline const float* as_float(const scalar_t* src, int64_t n, float* buf) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return src;  // float32 rows are used in place
+  } else {
+    for (int64_t k = 0; k < n; ++k) buf[k] = static_cast<float>(src[k]);
+    return buf;
+  }
+}
+
+// Accumulates one filter (row) into acc (layout TL = T, see common.h).
+template <typename scalar_t>
+void filter_row(const scalar_t* w, const scalar_t* const* g, int T, int64_t K, float* acc,
+                float* buf) {
+  const int P = num_pairs(T);
+  float* wbuf = buf;                 // [kChunk]
+  float* gbuf = buf + kChunk;        // [T][kChunk] (conversion buffers)
+  float* wgbuf = gbuf + T * kChunk;  // [T][kChunk]  W * G_t
+  const float* gp[kMaxTasks];
+  std::fill(acc, acc + num_acc(T), 0.f);
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t n = std::min(kChunk, K - k0);
+    const float* wp = as_float(w + k0, n, wbuf);
+    for (int t = 0; t < T; ++t) gp[t] = as_float(g[t] + k0, n, gbuf + t * kChunk);
+    for (int t = 0; t < T; ++t) {
+      float* wg = wgbuf + t * kChunk;
+      const float* gt = gp[t];
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) wg[k] = wp[k] * gt[k];
+    }
+    for (int i = 0; i < T; ++i) {
+      acc[i] += simd_dot(wp, gp[i], n);
+      for (int j = i; j < T; ++j) {
+        const int p = pair_index(T, i, j);
+        acc[T + p] += simd_dot(gp[i], gp[j], n);
+        acc[T + P + p] += simd_dot(wgbuf + i * kChunk, wgbuf + j * kChunk, n);
+      }
+    }
+    acc[T + 2 * P] += simd_dot(wp, wp, n);
+    acc[T + 2 * P + 1] += simd_abs_sum(wp, n);
+  }
+}
+
+template <typename scalar_t>
+void filter_stats_cpu_impl(const FilterStatsTable& tab, const FilterStatsOut& out) {
+  const int T = tab.num_tasks;
+  const int64_t L = tab.num_layers;
+  const int64_t* off = tab.row_offsets();
+  // Element prefix over layers, to cut the row range into chunks of equal work.
+  std::vector<int64_t> elems(L + 1, 0);
+  for (int64_t l = 0; l < L; ++l) elems[l + 1] = elems[l] + (off[l + 1] - off[l]) * tab.k(l);
+  const int64_t total = elems[L];
+  const int64_t num_chunks = std::max<int64_t>(1, std::min<int64_t>(
+      off[L], static_cast<int64_t>(at::get_num_threads()) * 16));
+  auto row_at = [&](int64_t target) -> int64_t {  // first row whose work starts at >= target
+    if (target >= total) return off[L];
+    const int64_t l = find_segment(elems.data(), L, target);
+    const int64_t k = tab.k(l);
+    return off[l] + (target - elems[l] + k - 1) / k;
+  };
+  at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<float> buf((1 + 2 * T) * kChunk);
+    std::vector<float> acc(num_acc(T));
+    const scalar_t* g[kMaxTasks];
+    const int64_t r0 = row_at(total * c0 / num_chunks);
+    const int64_t r1 = row_at(total * c1 / num_chunks);
+    int64_t l = r0 < off[L] ? tab.layer_of_row(r0) : 0;
+    for (int64_t row = r0; row < r1; ++row) {
+      while (row >= off[l + 1]) ++l;
+      const int64_t K = tab.k(l);
+      const int64_t local = row - off[l];
+      const auto* w = reinterpret_cast<const scalar_t*>(tab.weight_addr(l)) + local * K;
+      for (int t = 0; t < T; ++t)
+        g[t] = reinterpret_cast<const scalar_t*>(tab.grad_addr(l, t)) + local * K;
+      filter_row<scalar_t>(w, g, T, K, acc.data(), buf.data());
+      for (int a = 0; a < num_acc(T); ++a) store_filter_acc(out, row, T, T, a, acc[a]);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> filter_stats_cpu(
+    const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads) {
+  const int T = check_filter_stats_args(weights, grads);
+  TORCH_CHECK(weights[0].device().is_cpu(), "filter_stats (CPU): tensors must be on the CPU");
+  at::Tensor table = build_filter_stats_table(weights, grads, T);
+  const FilterStatsTable tab{table.data_ptr<int64_t>(), static_cast<int64_t>(weights.size()), T};
+  auto outs = alloc_filter_stats(tab.num_rows(), T, weights[0].options());
+  const FilterStatsOut out = filter_stats_out(outs);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weights[0].scalar_type(),
+                                  "filter_stats_cpu",
+                                  [&] { filter_stats_cpu_impl<scalar_t>(tab, out); });
+  return {outs[0], outs[1], outs[2], outs[3], outs[4]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mtlkernels, CPU, m) { m.impl("filter_stats", &filter_stats_cpu); }
+
+}  // namespace mtlkernels

@@ -1,0 +1,31 @@
+// Thin CUDA binding of mtlkernels::filter_stats: validate, build the layer table, launch.
+#include <torch/library.h>
+
+#include "../../common/cuda_binding.h"
+#include "../../common/tables.h"
+
+namespace mtlkernels {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> filter_stats_cuda(
+    const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads) {
+  const int T = check_filter_stats_args(weights, grads);
+  const auto& w0 = weights[0];
+  TORCH_CHECK(w0.is_cuda(), "filter_stats (CUDA): tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(w0.device());
+  at::Tensor host = build_filter_stats_table(weights, grads, T);
+  const int64_t rows = host.data_ptr<int64_t>()[weights.size()];
+  at::Tensor table = table_to_device(host, w0.device());
+  auto outs = alloc_filter_stats(rows, T, w0.options());
+  check_launch(cuda::launch_filter_stats(table.data_ptr<int64_t>(), weights.size(), T, rows,
+                                         cuda_dtype(w0.scalar_type()), filter_stats_out(outs),
+                                         at::cuda::getCurrentCUDAStream()),
+               "filter_stats kernel launch");
+  return {outs[0], outs[1], outs[2], outs[3], outs[4]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mtlkernels, CUDA, m) { m.impl("filter_stats", &filter_stats_cuda); }
+
+}  // namespace mtlkernels

@@ -1,0 +1,148 @@
+// CUDA kernel of mtlkernels::filter_stats: every filter of every layer in ONE launch.
+//
+// One block per filter row (rows of all layers are numbered 0..F-1; a block finds its layer in the
+// device-side table by binary search, common.h). Threads stride over the row's K elements with
+// 16-byte loads of the weight and the T gradient rows, keep the T + T(T+1) + 2 accumulators in
+// registers, then reduce them across the block (warp shuffles, then shared memory) and store them
+// through the epilogue shared with the CPU kernel (store_filter_acc). Bytes read are the minimum:
+// (T + 1) x weights x element size, once.
+#include <cstdint>
+
+#include "mtlkernels/cuda_utils.cuh"
+
+namespace mtlkernels {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+
+// TL: compile-time task layout; tasks >= the call's T carry zero gradients (their accumulators
+// are dropped by the epilogue). T <= 8 use TL = T exactly; 9..16 share TL = 16.
+template <int TL>
+__device__ __forceinline__ void accumulate(float* acc, float w, const float* g) {
+  constexpr int P = num_pairs(TL);
+  float wg[TL];
+#pragma unroll
+  for (int i = 0; i < TL; ++i) {
+    wg[i] = w * g[i];
+    acc[i] += wg[i];
+  }
+#pragma unroll
+  for (int i = 0; i < TL; ++i) {
+#pragma unroll
+    for (int j = i; j < TL; ++j) {
+      const int p = pair_index(TL, i, j);
+      acc[TL + p] = fmaf(g[i], g[j], acc[TL + p]);
+      acc[TL + P + p] = fmaf(wg[i], wg[j], acc[TL + P + p]);
+    }
+  }
+  acc[TL + 2 * P] = fmaf(w, w, acc[TL + 2 * P]);
+  acc[TL + 2 * P + 1] += fabsf(w);
+}
+
+template <typename scalar_t, int TL>
+__global__ void __launch_bounds__(kThreads)
+    filter_stats_kernel(FilterStatsTable tab, FilterStatsOut out) {
+  constexpr int NA = num_acc(TL);
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  const int64_t row = blockIdx.x;
+  const int T = tab.num_tasks;
+  const int64_t l = tab.layer_of_row(row);
+  const int64_t K = tab.k(l);
+  const int64_t local = row - tab.row_offsets()[l];
+  const scalar_t* w = reinterpret_cast<const scalar_t*>(tab.weight_addr(l)) + local * K;
+  const scalar_t* g[TL];
+  bool aligned = (reinterpret_cast<uintptr_t>(w) & 15) == 0;
+#pragma unroll
+  for (int i = 0; i < TL; ++i) {
+    g[i] = i < T ? reinterpret_cast<const scalar_t*>(tab.grad_addr(l, i)) + local * K : w;
+    aligned &= (reinterpret_cast<uintptr_t>(g[i]) & 15) == 0;
+  }
+
+  float acc[NA];
+#pragma unroll
+  for (int a = 0; a < NA; ++a) acc[a] = 0.f;
+  float gf[TL];
+
+  int64_t k_tail = 0;
+  if (aligned) {  // 16-byte loads
+    k_tail = (K / VEC) * VEC;
+    for (int64_t k = static_cast<int64_t>(threadIdx.x) * VEC; k < k_tail; k += kThreads * VEC) {
+      uint4 wv = __ldg(reinterpret_cast<const uint4*>(w + k));
+      uint4 gv[TL];
+#pragma unroll
+      for (int i = 0; i < TL; ++i)
+        gv[i] = i < T ? __ldg(reinterpret_cast<const uint4*>(g[i] + k)) : make_uint4(0, 0, 0, 0);
+      const scalar_t* ws = reinterpret_cast<const scalar_t*>(&wv);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+#pragma unroll
+        for (int i = 0; i < TL; ++i) gf[i] = to_float(reinterpret_cast<const scalar_t*>(&gv[i])[e]);
+        accumulate<TL>(acc, to_float(ws[e]), gf);
+      }
+    }
+  }
+  for (int64_t k = k_tail + threadIdx.x; k < K; k += kThreads) {
+#pragma unroll
+    for (int i = 0; i < TL; ++i) gf[i] = i < T ? to_float(g[i][k]) : 0.f;
+    accumulate<TL>(acc, to_float(w[k]), gf);
+  }
+
+  // Block reduction: warps first, then across warps through shared memory.
+  __shared__ float part[kWarps][NA];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int a = 0; a < NA; ++a) {
+    const float v = warp_sum(acc[a]);
+    if (lane == 0) part[warp][a] = v;
+  }
+  __syncthreads();
+  for (int a = threadIdx.x; a < NA; a += kThreads) {
+    float v = 0.f;
+#pragma unroll
+    for (int q = 0; q < kWarps; ++q) v += part[q][a];
+    store_filter_acc(out, row, TL, T, a, v);
+  }
+}
+
+template <typename scalar_t, int TL>
+cudaError_t launch(const FilterStatsTable& tab, int64_t rows, const FilterStatsOut& out,
+                   cudaStream_t stream) {
+  filter_stats_kernel<scalar_t, TL><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(tab, out);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t launch_t(const FilterStatsTable& tab, int64_t rows, const FilterStatsOut& out,
+                     cudaStream_t s) {
+  switch (tab.num_tasks) {
+    case 1: return launch<scalar_t, 1>(tab, rows, out, s);
+    case 2: return launch<scalar_t, 2>(tab, rows, out, s);
+    case 3: return launch<scalar_t, 3>(tab, rows, out, s);
+    case 4: return launch<scalar_t, 4>(tab, rows, out, s);
+    case 5: return launch<scalar_t, 5>(tab, rows, out, s);
+    case 6: return launch<scalar_t, 6>(tab, rows, out, s);
+    case 7: return launch<scalar_t, 7>(tab, rows, out, s);
+    case 8: return launch<scalar_t, 8>(tab, rows, out, s);
+    default:
+      if (tab.num_tasks <= kMaxTasks) return launch<scalar_t, kMaxTasks>(tab, rows, out, s);
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_filter_stats(const int64_t* d_table, int64_t num_layers, int num_tasks,
+                                int64_t num_rows, DType dtype, FilterStatsOut out,
+                                cudaStream_t stream) {
+  if (num_rows <= 0) return cudaSuccess;
+  if (num_rows > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  const FilterStatsTable tab{d_table, num_layers, num_tasks};
+  return dispatch_dtype(dtype, [&](auto tag) {
+    return launch_t<decltype(tag)>(tab, num_rows, out, stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace mtlkernels

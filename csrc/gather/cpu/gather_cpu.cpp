@@ -1,0 +1,68 @@
+// C++ CPU kernel of mtlkernels::gather: every tensor of a compaction step in one parallel region.
+//
+// Each tensor is in the canonical [A, D1, B, D2, C] form of common.h; an output row is a
+// contiguous run of C elements. Rows of all tensors form one range that the threads split; the
+// copy is typeless (elements of 1, 2, 4 or 8 bytes).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <vector>
+
+#include "../../common/tables.h"
+
+namespace mtlkernels {
+namespace {
+
+template <typename elem_t>
+inline void copy_row(const GatherDesc& g, int64_t r) {
+  const auto* src = reinterpret_cast<const elem_t*>(g.in) + gather_in_row(g, r);
+  auto* dst = reinterpret_cast<elem_t*>(g.out) + r * g.C;
+  if (g.C == 1) {
+    *dst = *src;
+  } else {
+    std::memcpy(dst, src, g.C * sizeof(elem_t));
+  }
+}
+
+std::vector<at::Tensor> gather_cpu(const std::vector<at::Tensor>& xs,
+                                   const std::vector<std::optional<at::Tensor>>& idx1,
+                                   const std::vector<std::optional<at::Tensor>>& idx2,
+                                   at::IntArrayRef dim1, at::IntArrayRef dim2) {
+  std::vector<at::Tensor> outs;
+  at::Tensor table = build_gather_table(xs, idx1, idx2, dim1, dim2, outs);
+  TORCH_CHECK(xs[0].device().is_cpu(), "gather (CPU): tensors must be on the CPU");
+  const int64_t n = static_cast<int64_t>(xs.size());
+  std::vector<GatherDesc> descs(n);
+  std::vector<int64_t> starts(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    descs[i] = load_gather_desc(table.data_ptr<int64_t>() + i * kGatherDescWords);
+    starts[i + 1] = starts[i] + gather_rows(descs[i]);
+  }
+  const int64_t total = starts[n];
+  // Grain: about 16 KiB of copying per task, whatever the row length.
+  int64_t bytes = 0;
+  for (const auto& g : descs) bytes += gather_rows(g) * g.C * g.elem_size;
+  const int64_t grain = std::max<int64_t>(1, total * 16384 / std::max<int64_t>(bytes, 1));
+  at::parallel_for(0, total, grain, [&](int64_t r0, int64_t r1) {
+    int64_t i = find_segment(starts.data(), n, r0);
+    for (int64_t r = r0; r < r1; ++r) {
+      while (r >= starts[i + 1]) ++i;
+      const GatherDesc& g = descs[i];
+      const int64_t local = r - starts[i];
+      switch (g.elem_size) {
+        case 1: copy_row<uint8_t>(g, local); break;
+        case 2: copy_row<uint16_t>(g, local); break;
+        case 4: copy_row<uint32_t>(g, local); break;
+        default: copy_row<uint64_t>(g, local); break;
+      }
+    }
+  });
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mtlkernels, CPU, m) { m.impl("gather", &gather_cpu); }
+
+}  // namespace mtlkernels

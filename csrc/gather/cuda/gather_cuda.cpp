@@ -1,0 +1,43 @@
+// Thin CUDA binding of mtlkernels::gather: validate, build the tensor and block tables, launch.
+#include <torch/library.h>
+
+#include "../../common/cuda_binding.h"
+#include "../../common/tables.h"
+
+namespace mtlkernels {
+namespace {
+
+std::vector<at::Tensor> gather_cuda(const std::vector<at::Tensor>& xs,
+                                    const std::vector<std::optional<at::Tensor>>& idx1,
+                                    const std::vector<std::optional<at::Tensor>>& idx2,
+                                    at::IntArrayRef dim1, at::IntArrayRef dim2) {
+  TORCH_CHECK(!xs.empty() && xs[0].is_cuda(), "gather (CUDA): tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(xs[0].device());
+  std::vector<at::Tensor> outs;
+  at::Tensor descs = build_gather_table(xs, idx1, idx2, dim1, dim2, outs);
+  const int64_t n = static_cast<int64_t>(xs.size());
+  // One host buffer: descriptors, then the block prefix (blocks of kGatherBlockElems outputs).
+  at::Tensor host = at::empty({n * kGatherDescWords + n + 1}, at::kLong);
+  int64_t* h = host.data_ptr<int64_t>();
+  std::memcpy(h, descs.data_ptr<int64_t>(), n * kGatherDescWords * sizeof(int64_t));
+  int64_t* starts = h + n * kGatherDescWords;
+  starts[0] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const GatherDesc g = load_gather_desc(h + i * kGatherDescWords);
+    const int64_t elems = gather_rows(g) * g.C;
+    starts[i + 1] = starts[i] + (elems + cuda::kGatherBlockElems - 1) / cuda::kGatherBlockElems;
+  }
+  const int64_t blocks = starts[n];
+  at::Tensor table = table_to_device(host, xs[0].device());
+  const int64_t* d = table.data_ptr<int64_t>();
+  check_launch(cuda::launch_gather(d, d + n * kGatherDescWords, n, blocks,
+                                   at::cuda::getCurrentCUDAStream()),
+               "gather kernel launch");
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mtlkernels, CUDA, m) { m.impl("gather", &gather_cuda); }
+
+}  // namespace mtlkernels

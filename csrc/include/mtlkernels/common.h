@@ -1,0 +1,147 @@
+// Shared, torch-free building blocks of the mtlkernels kernels.
+//
+// Everything here compiles as plain C++ (the CPU kernels include it) and as CUDA device code (the
+// .cu kernels include it), so the CPU tests exercise the exact index math and epilogues the GPU
+// kernels use: the multi-layer table layout, the row -> layer lookup, the packed accumulator layout
+// of the filter statistics and its store, and the canonical 5-D form of the channel gather.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define MTL_HD __host__ __device__ __forceinline__
+#else
+#define MTL_HD inline
+#endif
+
+namespace mtlkernels {
+
+// Largest number of tasks the compiled kernels take (the T x T Gram lives in registers).
+constexpr int kMaxTasks = 16;
+
+// Index of the segment holding `item`, for ascending `starts[0..n]` with starts[0] == 0 and
+// starts[n] == total (binary search; n is the number of segments). Used for row -> layer of the
+// filter statistics, and row/block -> tensor of the gather.
+MTL_HD int64_t find_segment(const int64_t* starts, int64_t n, int64_t item) {
+  int64_t lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) >> 1;
+    if (starts[mid] <= item) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Filter statistics: multi-layer table.
+//
+// One int64 buffer describes every layer of a call (built on the host, copied to the device once
+// per call for CUDA):
+//   [0 .. L]                    row_offsets (first output row of each layer; [L] = total rows F)
+//   [L+1 .. 2L]                 K of each layer (elements per filter)
+//   [2L+1 .. 3L]                address of each layer's weight
+//   [3L+1 .. 3L + L*T]          address of each (layer, task) gradient, layer-major
+// ------------------------------------------------------------------------------------------------
+struct FilterStatsTable {
+  const int64_t* data;
+  int64_t num_layers;
+  int num_tasks;
+
+  MTL_HD const int64_t* row_offsets() const { return data; }
+  MTL_HD int64_t k(int64_t l) const { return data[num_layers + 1 + l]; }
+  MTL_HD int64_t weight_addr(int64_t l) const { return data[2 * num_layers + 1 + l]; }
+  MTL_HD int64_t grad_addr(int64_t l, int t) const {
+    return data[3 * num_layers + 1 + l * num_tasks + t];
+  }
+  MTL_HD int64_t num_rows() const { return data[num_layers]; }
+  MTL_HD int64_t layer_of_row(int64_t row) const {
+    return find_segment(data, num_layers, row);
+  }
+};
+
+MTL_HD int64_t filter_stats_table_size(int64_t num_layers, int num_tasks) {
+  return 3 * num_layers + 1 + num_layers * num_tasks;
+}
+
+// Packed accumulator layout of one filter for a layout of TL tasks (TL >= the call's T):
+//   [0, TL)                 dot[t]
+//   [TL, TL + P)            gram upper triangle (i <= j), row-major, P = TL (TL + 1) / 2
+//   [TL + P, TL + 2P)       wg2 upper triangle
+//   TL + 2P                 wsq
+//   TL + 2P + 1             wabs
+MTL_HD constexpr int num_pairs(int tl) { return tl * (tl + 1) / 2; }
+MTL_HD constexpr int num_acc(int tl) { return tl + 2 * num_pairs(tl) + 2; }
+MTL_HD constexpr int pair_index(int tl, int i, int j) {  // i <= j
+  return i * tl - (i * (i - 1)) / 2 + (j - i);
+}
+
+struct FilterStatsOut {
+  float* dot;   // [F, T]
+  float* gram;  // [F, T, T]
+  float* wsq;   // [F]
+  float* wabs;  // [F]
+  float* wg2;   // [F, T, T]
+};
+
+// The epilogue: store accumulator `a` (layout TL) of filter `row` for a call with T tasks,
+// mirroring the symmetric T x T blocks. Accumulators of padded tasks (index >= T) are dropped.
+MTL_HD void store_filter_acc(const FilterStatsOut& out, int64_t row, int tl, int T, int a, float v) {
+  const int P = num_pairs(tl);
+  if (a < tl) {
+    if (a < T) out.dot[row * T + a] = v;
+    return;
+  }
+  if (a >= tl + 2 * P) {
+    if (a == tl + 2 * P) out.wsq[row] = v; else out.wabs[row] = v;
+    return;
+  }
+  float* mat = a < tl + P ? out.gram : out.wg2;
+  int p = (a - tl) % P;
+  // decode p -> (i, j), i <= j (at most 16 steps)
+  int i = 0;
+  while (p >= tl - i) { p -= tl - i; ++i; }
+  const int j = i + p;
+  if (j >= T) return;
+  float* m = mat + row * T * T;
+  m[i * T + j] = v;
+  m[j * T + i] = v;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Channel gather: canonical form.
+//
+// A contiguous tensor with two selected dims d_lo < d_hi is viewed as [A, D1, B, D2, C]
+// (A = prod of dims before d_lo, B between, C after d_hi). Its output is [A, n1, B, n2, C] with
+// out[a, j1, b, j2, c] = in[a, idx1[j1], b, idx2[j2], c]; an absent index is the identity
+// (n = D). Rows (A * n1 * B * n2 of them) are contiguous runs of C elements in both tensors.
+// ------------------------------------------------------------------------------------------------
+struct GatherDesc {
+  int64_t A, D1, B, D2, C;  // input sizes
+  int64_t n1, n2;           // kept along D1 / D2
+  int64_t idx1, idx2;       // addresses of int64 index arrays, 0 = identity
+  int64_t in, out;          // addresses of input / output data
+  int64_t elem_size;        // bytes per element: 1, 2, 4 or 8 (the gather is a typeless copy)
+};
+constexpr int kGatherDescWords = 12;  // int64 words of one GatherDesc in a table
+
+MTL_HD int64_t gather_rows(const GatherDesc& g) { return g.A * g.n1 * g.B * g.n2; }
+
+// Element offset, in the input, of the first element of output row `r`.
+MTL_HD int64_t gather_in_row(const GatherDesc& g, int64_t r) {
+  const int64_t j2 = r % g.n2; r /= g.n2;
+  const int64_t b = r % g.B; r /= g.B;
+  const int64_t j1 = r % g.n1;
+  const int64_t a = r / g.n1;
+  const int64_t i1 = g.idx1 ? reinterpret_cast<const int64_t*>(g.idx1)[j1] : j1;
+  const int64_t i2 = g.idx2 ? reinterpret_cast<const int64_t*>(g.idx2)[j2] : j2;
+  return (((a * g.D1 + i1) * g.B + b) * g.D2 + i2) * g.C;
+}
+
+MTL_HD GatherDesc load_gather_desc(const int64_t* w) {
+  GatherDesc g;
+  g.A = w[0]; g.D1 = w[1]; g.B = w[2]; g.D2 = w[3]; g.C = w[4];
+  g.n1 = w[5]; g.n2 = w[6]; g.idx1 = w[7]; g.idx2 = w[8]; g.in = w[9]; g.out = w[10];
+  g.elem_size = w[11];
+  return g;
+}
+
+}  // namespace mtlkernels

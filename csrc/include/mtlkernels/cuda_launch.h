@@ -1,0 +1,39 @@
+// Torch-free launchers of the CUDA kernels: raw pointers, sizes, strides and a stream.
+// The .cu files implement them with cuda_runtime.h only (so nvcc compiles them anywhere); the thin
+// bindings in csrc/<op>/cuda/<op>_cuda.cpp validate tensors, extract pointers and call these.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "mtlkernels/common.h"
+
+namespace mtlkernels {
+namespace cuda {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// d_table: the FilterStatsTable words (common.h) in device memory; one block per filter row.
+cudaError_t launch_filter_stats(const int64_t* d_table, int64_t num_layers, int num_tasks,
+                                int64_t num_rows, DType dtype, FilterStatsOut out,
+                                cudaStream_t stream);
+
+// a, d: [N, C, S] with element strides sa/sd; writes partial[splits, C] (float32), which the
+// caller sums over splits (deterministic, no atomics).
+cudaError_t launch_channel_contrib(const void* a, const void* d, DType dtype, int64_t N,
+                                   int64_t C, int64_t S, const int64_t sa[3], const int64_t sd[3],
+                                   float* partial, int splits, cudaStream_t stream);
+// How many position splits launch_channel_contrib will use for these sizes.
+int channel_contrib_splits(int64_t N, int64_t C, int64_t S, bool spatial_major, int num_sms);
+
+// d_descs: num_tensors GatherDesc records (kGatherDescWords int64 words each); d_block_starts:
+// num_tensors + 1 prefix sums of each tensor's block count (blocks of kGatherBlockElems outputs).
+constexpr int kGatherThreads = 256;
+constexpr int kGatherItems = 8;
+constexpr int64_t kGatherBlockElems = kGatherThreads * kGatherItems;
+cudaError_t launch_gather(const int64_t* d_descs, const int64_t* d_block_starts,
+                          int64_t num_tensors, int64_t num_blocks, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace mtlkernels

@@ -1,0 +1,37 @@
+// The one place the mtlkernels operator schemas are declared. Backends register their kernels
+// next to them with TORCH_LIBRARY_IMPL(mtlkernels, CPU|CUDA, m); the Triton kernels add
+// mtlkernels::*_triton ops from Python (torch.library.triton_op); the fake (meta) kernels used by
+// torch.compile and opcheck live in mtlkernels/_fake.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `from mtlkernels import _C` loads this library, whose static initialisers register the ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace mtlkernels {
+
+bool built_with_cuda() {
+#ifdef MTL_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+TORCH_LIBRARY(mtlkernels, m) {
+  // weights: L tensors [F_l, ...]; grads: L*T tensors, layer-major. Returns float32
+  // (dot [F, T], gram [F, T, T], wsq [F], wabs [F], wg2 [F, T, T]) over all F = sum F_l filters.
+  m.def("filter_stats(Tensor[] weights, Tensor[] grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // activation, grad: [N, C, S] views (any strides). Returns float32 [C].
+  m.def("channel_contrib(Tensor activation, Tensor grad) -> Tensor");
+  // xs[i].index_select(dim1[i], idx1[i]).index_select(dim2[i], idx2[i]) for every i, one pass.
+  m.def("gather(Tensor[] xs, Tensor?[] idx1, Tensor?[] idx2, int[] dim1, int[] dim2) -> Tensor[]");
+  m.def("_built_with_cuda() -> bool", &built_with_cuda);
+}
+
+}  // namespace mtlkernels

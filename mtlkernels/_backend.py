@@ -1,0 +1,114 @@
+"""Which backends exist here, and which one a call uses.
+
+Backends: ``"reference"`` (pure PyTorch, always there), ``"cpu"`` (C++ kernels in ``mtlkernels._C``),
+``"cuda"`` (CUDA kernels in ``mtlkernels._C`` when it was built with CUDA), ``"triton"`` (Triton
+kernels; on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``).
+
+``backend="auto"`` picks, by the device of the inputs: CPU -> ``cpu``, then ``reference``;
+CUDA -> ``cuda``, then ``triton``, then ``reference``. The environment variable
+``MTLKERNELS_BACKEND`` replaces ``"auto"`` (not an explicit choice) with a fixed backend.
+An explicit backend that cannot run raises ``RuntimeError`` saying why.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+ENV_VAR = "MTLKERNELS_BACKEND"
+
+_C = None
+_C_ERROR: Optional[str] = None
+try:  # the compiled extension registers the torch.ops.mtlkernels.* ops on import
+    from . import _C  # type: ignore[no-redef]  # noqa: F401
+except Exception as exc:  # not built, or built against another torch
+    _C_ERROR = f"{type(exc).__name__}: {exc}"
+    warnings.warn(
+        "mtlkernels: the compiled extension mtlkernels._C could not be loaded "
+        f"({_C_ERROR}); the C++/CUDA backends are unavailable and calls fall back to the "
+        "pure-PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def has_compiled_ops() -> bool:
+    """True when ``mtlkernels._C`` loaded and registered its ops."""
+    return _C is not None
+
+
+def compiled_with_cuda() -> bool:
+    return _C is not None and bool(torch.ops.mtlkernels._built_with_cuda())
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_error() -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+
+        from . import triton_ops  # noqa: F401
+    except Exception as exc:
+        return f"Triton is not usable: {type(exc).__name__}: {exc}"
+    return None
+
+
+def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
+    """None when ``backend`` can run on ``device``, else why not (one sentence)."""
+    if backend == "reference":
+        return None
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"the 'cpu' backend takes CPU tensors, got tensors on {device}"
+        if _C is None:
+            return f"mtlkernels._C is not loaded ({_C_ERROR})"
+        return None
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the 'cuda' backend takes CUDA tensors, got tensors on {device}"
+        if _C is None:
+            return f"mtlkernels._C is not loaded ({_C_ERROR})"
+        if not compiled_with_cuda():
+            return "mtlkernels._C was built without CUDA (no CUDA torch or no CUDA toolkit at build time)"
+        return None
+    if backend == "triton":
+        if device.type == "cpu" and not triton_interpret():
+            return "Triton runs CPU tensors only under TRITON_INTERPRET=1"
+        if device.type not in ("cpu", "cuda"):
+            return f"Triton takes CUDA tensors, got tensors on {device}"
+        return _triton_error()
+    return f"unknown backend {backend!r}; expected one of {BACKENDS} or 'auto'"
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    device = torch.device(device)
+    return [b for b in BACKENDS if unavailable_reason(b, device) is None]
+
+
+def resolve(backend: str, device: torch.device, *, allow: tuple = BACKENDS) -> str:
+    """Turn ``backend`` (``"auto"`` or a name) into the backend that will run on ``device``."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "auto") or "auto"
+        if backend == "auto":
+            order = ("cpu", "reference") if device.type == "cpu" else ("cuda", "triton", "reference")
+            for b in order:
+                if b in allow and unavailable_reason(b, device) is None:
+                    return b
+            return "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend not in allow:
+        raise RuntimeError(f"backend {backend!r} cannot run this call: it supports {allow}")
+    why = unavailable_reason(backend, device)
+    if why is not None:
+        raise RuntimeError(f"backend {backend!r} is unavailable: {why}")
+    return backend
