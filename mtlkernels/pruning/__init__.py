@@ -1,0 +1,17 @@
+"""Structured (filter) pruning of multi-task CNNs with the mtlkernels ops.
+
+Public API: :class:`MultiTaskPruner`, :class:`PruneReport`, :class:`PruningSchedule`,
+:func:`count_params_flops`, :func:`total_params_flops`, :func:`save_pruned`,
+:func:`load_pruned`, :func:`fine_tune`, :func:`analyse` (the channel-dependency analysis).
+See ``mtlkernels/pruning/README_SECTION.md``.
+"""
+from .graph import Analysis, LayerInfo, analyse
+from .io import architecture, apply_architecture, atomic_save, load_pruned, save_pruned
+from .pruner import GRAD_CRITERIA, PRUNER_CRITERIA, WEIGHT_CRITERIA, MultiTaskPruner, PruneReport
+from .schedule import PruningSchedule, count_params_flops, fine_tune, total_params_flops
+
+__all__ = [
+    "MultiTaskPruner", "PruneReport", "PruningSchedule", "count_params_flops", "total_params_flops",
+    "save_pruned", "load_pruned", "fine_tune", "analyse", "Analysis", "LayerInfo", "architecture",
+    "apply_architecture", "atomic_save", "PRUNER_CRITERIA", "GRAD_CRITERIA", "WEIGHT_CRITERIA",
+]

@@ -1,0 +1,913 @@
+"""The multi-task pruning driver: :class:`MultiTaskPruner`.
+
+One pruning iteration, as in Garg, Zhang, Guan (2023) and NVIDIA's Taylor_pruning code:
+
+1. ``accumulate(losses)`` every training step: per-task gradients of every trainable parameter
+   (T backward passes through one graph with ``retain_graph``; or one batched backward,
+   ``grad_mode="batched"``), ``p.grad += sum_t lambda_t g_t`` for the optimizer (no extra backward),
+   ONE :func:`mtlkernels.ops.filter_stats_many` call over every scored weight, ONE
+   :func:`mtlkernels.criteria.score` call, and the per-filter scores are accumulated (mean over
+   batches, or an EMA).
+2. ``prune(n)``: (all-reduce of the accumulated scores under ``torch.distributed``), optional
+   per-layer normalisation, one score per channel group (``group_reduction`` over its members'
+   filters), global or uniform ranking under the minimum-channel and rounding rules, then ONE
+   :func:`mtlkernels.ops.gather_many` call that shrinks every affected tensor (weights, biases, BN
+   parameters and running statistics, the input channels of every consumer, gradients and the
+   optimizer's per-parameter state); the modules get new ``Parameter`` objects, the optimizer's
+   ``param_groups`` and ``state`` are moved onto them. In ``mode="mask"`` the pruned channels are
+   zeroed instead (weights, BN, consumers' input columns, optimizer state) and kept at zero by
+   gradient hooks and an optimizer step hook.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .. import criteria as _criteria
+from .. import ops as _ops
+from .graph import Analysis, analyse
+from .io import apply_architecture, architecture, atomic_save
+
+__all__ = ["MultiTaskPruner", "PruneReport", "GRAD_CRITERIA", "WEIGHT_CRITERIA", "PRUNER_CRITERIA"]
+
+GRAD_CRITERIA = ("taylor", "taylor_sq", "cosine", "taylor_task_sum", "taylor_task_mean_norm",
+                 "taylor_task_max", "taylor_task_min")
+#: criteria that need no gradients: ``prune`` may be called without ``accumulate``.
+WEIGHT_CRITERIA = ("l2", "l1", "random", "bn_scale")
+PRUNER_CRITERIA = GRAD_CRITERIA + WEIGHT_CRITERIA
+LAYER_NORMS = ("none", "l2", "mean", "max")
+REDUCTIONS = ("sum", "mean", "max", "min")
+_SCORED_KINDS = ("conv", "convT", "linear", "dwconv")
+
+
+@dataclass
+class PruneReport:
+    """What one ``prune`` call did. ``pruned_channels[layer]``: the removed output channels of the
+    layer, in its numbering before this call; ``original_channels[layer]``: the same channels in
+    the numbering of the unpruned model."""
+
+    step: int
+    requested: int
+    pruned: int
+    channels_before: int
+    channels_after: int
+    pruned_channels: Dict[str, List[int]] = field(default_factory=dict)
+    original_channels: Dict[str, List[int]] = field(default_factory=dict)
+    layer_channels: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    group_scores: List[float] = field(default_factory=list)
+    batches: int = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["layer_channels"] = {k: list(v) for k, v in self.layer_channels.items()}
+        return d
+
+    def __getitem__(self, key):  # dict-style access
+        return getattr(self, key)
+
+
+def _param_attrs(kind: str) -> List[Tuple[str, str]]:
+    """(attribute, role) of the tensors of a layer kind; role: 'w' (weight with out+in dims),
+    'out' (1-D / per-channel along dim 0)."""
+    if kind in ("conv", "convT", "linear"):
+        return [("weight", "w"), ("bias", "out")]
+    if kind == "dwconv":
+        return [("weight", "out"), ("bias", "out")]
+    if kind == "norm":
+        return [("weight", "out"), ("bias", "out"), ("running_mean", "out"), ("running_var", "out")]
+    if kind == "prelu":
+        return [("weight", "out")]
+    raise ValueError(kind)
+
+
+class MultiTaskPruner:
+    """Dependency-aware structured pruning of a multi-task network (see the module docstring).
+
+    Args:
+        model: the network; ``forward(x)`` returns ``{task: output}`` (or a tuple / list).
+        tasks: task names, in the order of the per-task statistics.
+        criterion: one of :data:`PRUNER_CRITERIA` (``mtlkernels.criteria.CRITERIA`` plus
+            ``"bn_scale"``: ``|gamma|`` of the BatchNorm members of a group).
+        example_inputs: a batch (tensor or tuple of tensors) used to trace shapes and count FLOPs.
+        optimizer: optional; its per-parameter state is compacted with the model.
+        exclude: module names whose output channels are never pruned (their input channels still
+            follow their producers). Layers whose output reaches the model output are excluded
+            automatically.
+        min_channels: per-layer minimum of kept channels, an int or ``{name: int}`` (others 1).
+        round_to: keep counts are kept multiples of this (channel groups are pruned in chunks).
+        ranking: ``"global"`` (one ranking over all groups) or ``"uniform"`` (the same fraction of
+            every coupled layer set).
+        layer_norm: per-layer normalisation of filter scores before ranking: ``none``, ``l2``
+            (divide by the layer's L2 norm), ``mean``, ``max``.
+        group_reduction: how a group's member filters' scores combine: ``sum`` (default), ``mean``,
+            ``max``, ``min``.
+        score_accumulation: ``"mean"`` (mean over batches since the last prune, the paper's code)
+            or ``("ema", momentum)``.
+        task_weights: per-task loss weights (dict or sequence): ``p.grad = sum_t w_t g_t`` and the
+            criteria's ``lambda``.
+        mode: ``"compact"`` (physically remove channels) or ``"mask"`` (zero them).
+        seed: seed of the pruner's own generator (``random`` criterion), saved with its state.
+        grad_mode: ``"loop"`` (T ``autograd.grad`` calls, ``retain_graph``) or ``"batched"`` (one
+            ``is_grads_batched`` call; falls back to the loop if the graph does not support it).
+        backend: backend of the mtlkernels ops.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[str],
+        criterion: str = "cosine",
+        *,
+        example_inputs,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        exclude: Sequence[str] = (),
+        min_channels: Union[int, Mapping[str, int]] = 5,
+        round_to: Optional[int] = None,
+        ranking: str = "global",
+        layer_norm: str = "none",
+        group_reduction: str = "sum",
+        score_accumulation: Union[str, Tuple[str, float], List] = "mean",
+        task_weights: Optional[Union[Mapping[str, float], Sequence[float]]] = None,
+        mode: str = "compact",
+        seed: int = 0,
+        grad_mode: str = "loop",
+        backend: str = "auto",
+        warn_unsupported: bool = True,
+    ) -> None:
+        if criterion not in PRUNER_CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; valid: {', '.join(PRUNER_CRITERIA)}")
+        if ranking not in ("global", "uniform"):
+            raise ValueError(f"ranking must be 'global' or 'uniform', got {ranking!r}")
+        if layer_norm not in LAYER_NORMS:
+            raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
+        if group_reduction not in REDUCTIONS:
+            raise ValueError(f"group_reduction must be one of {REDUCTIONS}, got {group_reduction!r}")
+        if mode not in ("compact", "mask"):
+            raise ValueError(f"mode must be 'compact' or 'mask', got {mode!r}")
+        if grad_mode not in ("loop", "batched"):
+            raise ValueError(f"grad_mode must be 'loop' or 'batched', got {grad_mode!r}")
+        if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+            raise ValueError(f"round_to must be None or a positive int, got {round_to!r}")
+        if isinstance(score_accumulation, str):
+            if score_accumulation != "mean":
+                raise ValueError("score_accumulation must be 'mean' or ('ema', momentum)")
+            self._ema: Optional[float] = None
+        else:
+            kind, mom = score_accumulation
+            if kind != "ema" or not 0.0 <= float(mom) < 1.0:
+                raise ValueError("score_accumulation must be 'mean' or ('ema', momentum in [0, 1))")
+            self._ema = float(mom)
+        self.model = model
+        self.tasks = list(tasks)
+        if len(set(self.tasks)) != len(self.tasks) or not self.tasks:
+            raise ValueError(f"tasks must be distinct names, got {self.tasks}")
+        self.criterion = criterion
+        self.example_inputs = example_inputs
+        self.optimizer = optimizer
+        self.exclude = list(exclude)
+        self.min_channels = dict(min_channels) if isinstance(min_channels, Mapping) else int(min_channels)
+        self.round_to = round_to
+        self.ranking = ranking
+        self.layer_norm = layer_norm
+        self.group_reduction = group_reduction
+        self.score_accumulation = score_accumulation if isinstance(score_accumulation, str) else ["ema", self._ema]
+        if isinstance(task_weights, Mapping):
+            unknown = set(task_weights) - set(self.tasks)
+            if unknown:
+                raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}")
+            tw = [float(task_weights.get(t, 1.0)) for t in self.tasks]
+        elif task_weights is None:
+            tw = None
+        else:
+            tw = [float(v) for v in task_weights]
+            if len(tw) != len(self.tasks):
+                raise ValueError(f"task_weights must have {len(self.tasks)} entries, got {len(tw)}")
+        self.task_weights = tw
+        self.mode = mode
+        self.seed = int(seed)
+        self.grad_mode = grad_mode
+        self.backend = backend
+        self.warn_unsupported = warn_unsupported
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.history: List[Dict[str, Any]] = []
+        self.num_batches = 0          # batches accumulated since the last prune
+        self.total_batches = 0        # accumulate() calls in all
+        self.num_prunes = 0
+        self._acc: Optional[Tensor] = None
+        self._batched_ok: Optional[bool] = None
+        self._hooks: list = []
+        self._analyse()
+        # original channel numbering of every shrinkable layer
+        self._orig = {n: torch.arange(i.out_groups.numel()) for n, i in self.an.layers.items()}
+        self._alive = torch.ones(self.an.num_groups, dtype=torch.bool)
+        self._masks: Dict[str, Dict[str, Tensor]] = {}
+        if mode == "mask":
+            self._install_mask_hooks()
+
+    # ------------------------------------------------------------------------------- analysis
+    def _analyse(self) -> None:
+        self.an: Analysis = analyse(self.model, self.example_inputs, self.exclude)
+        self.unsupported = list(self.an.unsupported)
+        if self.unsupported and self.warn_unsupported:
+            warnings.warn(
+                "mtlkernels.pruning: these layers/ops are not understood and the channels they touch "
+                "are left unpruned: " + ", ".join(self.unsupported), UserWarning, stacklevel=3)
+            self.warn_unsupported = False  # once per pruner
+        self._modules = dict(self.model.named_modules())
+        self._scored = [n for n, i in self.an.layers.items()
+                        if (i.kind == "norm" if self.criterion == "bn_scale" else i.kind in _SCORED_KINDS)
+                        and (i.out_groups >= 0).any()
+                        and getattr(self._modules[n], "weight", None) is not None]
+        if self.criterion == "bn_scale" and not self._scored:
+            raise ValueError("criterion 'bn_scale' needs BatchNorm layers with affine weights in prunable groups")
+        self._row_groups = (torch.cat([self.an.layers[n].out_groups for n in self._scored])
+                            if self._scored else torch.zeros(0, dtype=torch.int64))
+        sizes = [self.an.layers[n].out_groups.numel() for n in self._scored]
+        self._row_layer = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.int64))
+
+    def _scored_weight(self, name: str) -> Tensor:
+        w = self._modules[name].weight
+        return w.transpose(0, 1) if self.an.layers[name].kind == "convT" else w
+
+    # ------------------------------------------------------------------------------- counts
+    def prunable_channels(self) -> int:
+        """Number of channel groups that can still be pruned (alive, not blocked)."""
+        return int(self._alive.sum())
+
+    def num_channels(self) -> int:
+        """Output channels (filters) of all conv / linear layers, pruned ones (mask mode) excluded."""
+        total = 0
+        for n, info in self.an.layers.items():
+            if info.produces:
+                og = info.out_groups
+                dead = (og >= 0) & ~self._alive[og.clamp_min(0)]
+                total += int(og.numel() - dead.sum())
+        return total
+
+    def layer_channels(self) -> Dict[str, int]:
+        """Alive output channels of every shrinkable layer (conv, linear, norm, depthwise, PReLU)."""
+        out = {}
+        for n, info in self.an.layers.items():
+            og = info.out_groups
+            dead = (og >= 0) & ~self._alive[og.clamp_min(0)]
+            out[n] = int(og.numel() - dead.sum())
+        return out
+
+    def _min_of(self, name: str) -> int:
+        if isinstance(self.min_channels, dict):
+            return max(1, int(self.min_channels.get(name, 1)))
+        return max(1, self.min_channels)
+
+    # ------------------------------------------------------------------------------- accumulate
+    def _loss_list(self, losses) -> List[Optional[Tensor]]:
+        if isinstance(losses, Mapping):
+            missing = [t for t in self.tasks if t not in losses]
+            if missing:
+                raise KeyError(f"losses lacks tasks {missing} (expected {self.tasks})")
+            vals = [losses[t] for t in self.tasks]
+        else:
+            vals = list(losses)
+            if len(vals) != len(self.tasks):
+                raise ValueError(f"expected {len(self.tasks)} losses, got {len(vals)}")
+        out = []
+        for t, v in zip(self.tasks, vals):
+            if not isinstance(v, Tensor) or v.numel() != 1:
+                raise ValueError(f"loss of task {t!r} must be a scalar tensor")
+            out.append(v.reshape(()) if v.requires_grad else None)
+        return out
+
+    def _task_grads(self, losses: List[Optional[Tensor]], params: List[Tensor], retain_graph: bool):
+        """``[T][P]`` per-task gradients (None where unused)."""
+        T = len(losses)
+        live = [i for i, l in enumerate(losses) if l is not None]
+        grads: List[List[Optional[Tensor]]] = [[None] * len(params) for _ in range(T)]
+        if not live:
+            return grads
+        if self.grad_mode == "batched" and self._batched_ok is not False and len(live) > 1:
+            try:
+                stacked = torch.stack([losses[i] for i in live])
+                eye = torch.eye(len(live), dtype=stacked.dtype, device=stacked.device)
+                gb = torch.autograd.grad(stacked, params, grad_outputs=eye, is_grads_batched=True,
+                                         retain_graph=retain_graph, allow_unused=True)
+                for j, i in enumerate(live):
+                    grads[i] = [None if g is None else g[j] for g in gb]
+                self._batched_ok = True
+                return grads
+            except RuntimeError as exc:
+                if self._batched_ok is None:
+                    warnings.warn(f"grad_mode='batched' failed ({exc}); using T backward passes",
+                                  UserWarning, stacklevel=3)
+                self._batched_ok = False
+        for k, i in enumerate(live):
+            keep = retain_graph or k < len(live) - 1
+            grads[i] = list(torch.autograd.grad(losses[i], params, retain_graph=keep, allow_unused=True))
+        return grads
+
+    def accumulate(self, losses, *, retain_graph: bool = False) -> Tensor:
+        """Per-task gradients of one minibatch -> per-filter scores, accumulated.
+
+        Leaves ``p.grad += sum_t w_t dL_t/dp`` on every trainable parameter (as ``backward`` on
+        the weighted summed loss would), so the caller then runs ``optimizer.step()``.
+        Returns this batch's per-filter scores (rows of the scored layers).
+        """
+        loss_list = self._loss_list(losses)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = self._task_grads(loss_list, params, retain_graph)
+        tw = self.task_weights or [1.0] * len(self.tasks)
+        with torch.no_grad():
+            for j, p in enumerate(params):
+                tot = None
+                for t in range(len(self.tasks)):
+                    g = grads[t][j]
+                    if g is None:
+                        continue
+                    tot = g * tw[t] if tot is None else tot.add_(g, alpha=tw[t])
+                if tot is None:
+                    continue
+                if self.mode == "mask":
+                    tot = self._mask_tensor(p, tot)
+                if p.grad is None:
+                    p.grad = tot.detach()
+                else:
+                    p.grad.add_(tot)
+        if not self._scored:
+            return torch.zeros(0)
+        index = {id(p): j for j, p in enumerate(params)}
+        weights, wgrads = [], []
+        for n in self._scored:
+            w = self._modules[n].weight
+            j = index.get(id(w))
+            per_task = []
+            for t in range(len(self.tasks)):
+                g = grads[t][j] if j is not None else None
+                per_task.append(torch.zeros_like(w) if g is None else g)
+            gs = torch.stack(per_task)
+            if self.an.layers[n].kind == "convT":
+                gs = gs.transpose(1, 2)
+            weights.append(self._scored_weight(n).detach())
+            wgrads.append(gs.detach())
+        s = self._score(weights, wgrads)
+        self._acc_update(s)
+        return s
+
+    def _score(self, weights: List[Tensor], wgrads: List[Tensor]) -> Tensor:
+        stats = _ops.filter_stats_many(weights, wgrads, backend=self.backend, names=self._scored)
+        crit = "l1" if self.criterion == "bn_scale" else self.criterion
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning) if len(self.tasks) > 1 else None
+            s = _criteria.score(stats, crit, task_weights=self.task_weights, generator=self.generator)
+        return s.to(torch.float64).cpu()
+
+    def _acc_update(self, s: Tensor) -> None:
+        if self._acc is None or self._acc.shape != s.shape:
+            self._acc = s.clone()
+        elif self._ema is None:
+            self._acc += s
+        else:
+            self._acc.mul_(self._ema).add_(s, alpha=1.0 - self._ema)
+        self.num_batches += 1
+        self.total_batches += 1
+
+    def scores(self) -> Tensor:
+        """The accumulated per-filter scores (rows of the scored layers), all-reduced across ranks
+        when ``torch.distributed`` is initialised."""
+        if self._acc is None or self.num_batches == 0:
+            if self.criterion in GRAD_CRITERIA:
+                raise RuntimeError(f"criterion {self.criterion!r} needs gradients: call accumulate() before prune()")
+            weights = [self._scored_weight(n).detach() for n in self._scored]
+            grads = [torch.zeros((1,) + tuple(w.shape), dtype=w.dtype, device=w.device) for w in weights]
+            stats = _ops.filter_stats_many(weights, grads, backend=self.backend)
+            crit = "l1" if self.criterion == "bn_scale" else self.criterion
+            acc, count = _criteria.score(stats, crit, generator=self.generator).to(torch.float64).cpu(), 1
+        else:
+            acc, count = self._acc.clone(), self.num_batches
+        if self._ema is None:
+            acc = acc / count
+        if dist.is_available() and dist.is_initialized():
+            backend = dist.get_backend()
+            dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+            buf = acc.to(dev)
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            acc = buf.cpu() / dist.get_world_size()
+        return acc
+
+    # ------------------------------------------------------------------------------- ranking
+    def group_scores(self) -> Tensor:
+        """``[G]`` float64 score of every channel group (``inf`` for groups with no scored member)."""
+        rows = self.scores()
+        rows = torch.nan_to_num(rows, nan=math.inf)  # a NaN score never gets a filter pruned
+        if self.layer_norm != "none" and rows.numel():
+            out = rows.clone()
+            for l in range(len(self._scored)):
+                sel = (self._row_layer == l) & (self._row_groups >= 0)
+                v = rows[sel]
+                v = v[torch.isfinite(v)]
+                if v.numel() == 0:
+                    continue
+                if self.layer_norm == "l2":
+                    d = v.norm()
+                elif self.layer_norm == "mean":
+                    d = v.abs().mean()
+                else:
+                    d = v.abs().max()
+                if d > 0:
+                    out[self._row_layer == l] = rows[self._row_layer == l] / d
+            rows = out
+        G = self.an.num_groups
+        valid = self._row_groups >= 0
+        g = self._row_groups[valid]
+        v = rows[valid]
+        red = {"sum": "sum", "mean": "mean", "max": "amax", "min": "amin"}[self.group_reduction]
+        init = torch.zeros(G, dtype=torch.float64)
+        gs = init.scatter_reduce(0, g, v, reduce=red, include_self=False)
+        has = torch.zeros(G, dtype=torch.bool)
+        has[g] = True
+        gs[~has] = math.inf
+        return gs
+
+    def _components(self, alive: Tensor):
+        """Coupled layer sets: groups joined by the layers they share."""
+        parent = list(range(self.an.num_groups))
+
+        def find(a):
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        first_of_layer: Dict[str, int] = {}
+        for g, mem in enumerate(self.an.group_members):
+            for name, _ in mem:
+                if name in first_of_layer:
+                    ra, rb = find(first_of_layer[name]), find(g)
+                    if ra != rb:
+                        parent[max(ra, rb)] = min(ra, rb)
+                else:
+                    first_of_layer[name] = g
+        comps: Dict[int, List[int]] = {}
+        for g in range(self.an.num_groups):
+            if alive[g]:
+                comps.setdefault(find(g), []).append(g)
+        return [comps[k] for k in sorted(comps)]
+
+    def _chunks(self, comp: List[int], gscore: Tensor, counts: Dict[str, int]):
+        """The component's groups, lowest score first, in chunks that keep the counts rounded."""
+        order = sorted(comp, key=lambda g: (float(gscore[g]), g))
+        order = [g for g in order if math.isfinite(float(gscore[g]))]
+        k = self.round_to or 1
+        ref = self.an.group_members[comp[0]][0][0]
+        first = counts[ref] % k or k
+        chunks, i, size = [], 0, first
+        while i < len(order):
+            chunk = order[i:i + size]
+            if len(chunk) < size:
+                break
+            chunks.append(chunk)
+            i += size
+            size = k
+        return chunks
+
+    def _fits(self, chunk: List[int], counts: Dict[str, int], removed: Dict[str, int]) -> Optional[Dict[str, int]]:
+        need: Dict[str, int] = {}
+        for g in chunk:
+            for name, c in self.an.group_members[g]:
+                need[name] = need.get(name, 0) + c
+        for name, c in need.items():
+            if counts[name] - removed.get(name, 0) - c < self._min_of(name):
+                return None
+        return need
+
+    def select(self, n: int, gscore: Optional[Tensor] = None) -> List[int]:
+        """The group ids ``prune(n)`` would remove (the ranking, without touching the model)."""
+        if gscore is None:
+            gscore = self.group_scores()
+        counts = self.layer_channels()
+        comps = self._components(self._alive)
+        chunk_lists = [self._chunks(c, gscore, counts) for c in comps]
+        removed: Dict[str, int] = {}
+        picked: List[int] = []
+        if self.ranking == "global":
+            cands = []
+            for ci, chunks in enumerate(chunk_lists):
+                for k, ch in enumerate(chunks):
+                    sc = float(torch.stack([gscore[g] for g in ch]).mean())
+                    cands.append((sc, ci, k, ch))
+            cands.sort(key=lambda c: (c[0], c[1], c[2]))
+            blocked = set()
+            for sc, ci, k, ch in cands:
+                if len(picked) >= n:
+                    break
+                if ci in blocked:
+                    continue
+                need = self._fits(ch, counts, removed)
+                if need is None:
+                    blocked.add(ci)
+                    continue
+                for name, c in need.items():
+                    removed[name] = removed.get(name, 0) + c
+                picked.extend(ch)
+        else:  # uniform: the same fraction of every coupled layer set
+            sizes = [len(c) for c in comps]
+            total = sum(sizes)
+            if total == 0:
+                return []
+            # capacity of each component under the minimum rules
+            caps = []
+            for chunks in chunk_lists:
+                rem: Dict[str, int] = {}
+                cap = 0
+                for ch in chunks:
+                    need = self._fits(ch, counts, rem)
+                    if need is None:
+                        break
+                    for name, c in need.items():
+                        rem[name] = rem.get(name, 0) + c
+                    cap += len(ch)
+                caps.append(cap)
+            n_eff = min(n, sum(caps))
+            want = [n_eff * s / total for s in sizes]
+            quota = [min(int(math.floor(w)), c) for w, c in zip(want, caps)]
+            left = n_eff - sum(quota)
+            order = sorted(range(len(comps)), key=lambda i: (-(want[i] - math.floor(want[i])), i))
+            while left > 0:
+                progressed = False
+                for i in order:
+                    if left == 0:
+                        break
+                    if quota[i] < caps[i]:
+                        quota[i] += 1
+                        left -= 1
+                        progressed = True
+                if not progressed:
+                    break
+            for i, chunks in enumerate(chunk_lists):
+                got = 0
+                for ch in chunks:
+                    if got >= quota[i]:
+                        break
+                    need = self._fits(ch, counts, removed)
+                    if need is None:
+                        break
+                    for name, c in need.items():
+                        removed[name] = removed.get(name, 0) + c
+                    picked.extend(ch)
+                    got += len(ch)
+        return picked
+
+    # ------------------------------------------------------------------------------- prune
+    def prune(self, n: int) -> PruneReport:
+        """Remove the ``n`` lowest-scoring channel groups (with ``round_to``, whole chunks: at least
+        ``n`` and fewer than ``n + round_to``), compact the model (or mask it), reset the scores."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        before = self.num_channels()
+        layer_before = self.layer_channels()
+        gscore = self.group_scores() if n > 0 else torch.zeros(self.an.num_groups, dtype=torch.float64)
+        picked = self.select(n, gscore) if n > 0 else []
+        if len(picked) < n:
+            warnings.warn(f"prune({n}): only {len(picked)} channel groups could be pruned under the "
+                          "minimum-channel rules", UserWarning, stacklevel=2)
+        pruned = torch.zeros(self.an.num_groups, dtype=torch.bool)
+        if picked:
+            pruned[torch.tensor(picked)] = True
+        report = PruneReport(step=self.num_prunes, requested=n, pruned=len(picked),
+                             channels_before=before, channels_after=before,
+                             group_scores=[float(gscore[g]) for g in picked], batches=self.num_batches)
+        for name, info in self.an.layers.items():
+            og = info.out_groups
+            hit = (og >= 0) & pruned[og.clamp_min(0)]
+            if hit.any():
+                idx = torch.nonzero(hit).flatten()
+                report.pruned_channels[name] = idx.tolist()
+                report.original_channels[name] = self._orig[name][idx].tolist()
+        if picked:
+            if self.mode == "compact":
+                self._compact(pruned)
+            else:
+                self._alive &= ~pruned
+                self._build_masks()
+                self.apply_masks()
+        after = self.layer_channels()
+        report.layer_channels = {k: (layer_before[k], after[k]) for k in layer_before if layer_before[k] != after[k]}
+        report.channels_after = self.num_channels()
+        self.num_prunes += 1
+        self._acc = None
+        self.num_batches = 0
+        self.history.append(report.to_dict())
+        return report
+
+    # ------------------------------------------------------------------------------- compaction
+    def _compact(self, pruned: Tensor) -> None:
+        entries = []  # (module, attr, kind ('param'|'buffer'|'grad'|'state'), tensor, oi, ii, od, id, extra)
+        keep_out: Dict[str, Optional[Tensor]] = {}
+        keep_in: Dict[str, Optional[Tensor]] = {}
+        for name, info in self.an.layers.items():
+            og = info.out_groups
+            hit = (og >= 0) & pruned[og.clamp_min(0)]
+            keep_out[name] = torch.nonzero(~hit).flatten() if hit.any() else None
+            if info.in_groups is not None:
+                ig = info.in_groups
+                hit_in = (ig >= 0) & pruned[ig.clamp_min(0)]
+                keep_in[name] = torch.nonzero(~hit_in).flatten() if hit_in.any() else None
+            else:
+                keep_in[name] = None
+        opt_state = self.optimizer.state if self.optimizer is not None else {}
+        for name, info in self.an.layers.items():
+            ko, ki = keep_out[name], keep_in[name]
+            if ko is None and ki is None:
+                continue
+            mod = self._modules[name]
+            for attr, role in _param_attrs(info.kind):
+                t = getattr(mod, attr, None)
+                if t is None:
+                    continue
+                if role == "w":
+                    oi, ii, od, idim = ko, ki, info.out_dim, info.in_dim
+                else:
+                    oi, ii, od, idim = ko, None, 0, 1
+                if oi is None and ii is None:
+                    continue
+                oi = None if oi is None else oi.to(t.device)
+                ii = None if ii is None else ii.to(t.device)
+                is_param = attr in mod._parameters
+                entries.append((mod, attr, "param" if is_param else "buffer", t, oi, ii, od, idim, None))
+                if is_param:
+                    if t.grad is not None:
+                        entries.append((mod, attr, "grad", t.grad, oi, ii, od, idim, None))
+                    st = opt_state.get(t, {}) if opt_state else {}
+                    for key, v in st.items():
+                        if isinstance(v, Tensor) and v.shape == t.shape and v.dim() > 0:
+                            entries.append((mod, attr, "state", v, oi, ii, od, idim, key))
+        if not entries:
+            return
+        new = _ops.gather_many(
+            [e[3] for e in entries], [e[4] for e in entries], [e[5] for e in entries],
+            out_dims=[e[6] for e in entries], in_dims=[e[7] for e in entries], backend=self.backend)
+        replaced: Dict[int, Tuple[nn.Parameter, nn.Parameter]] = {}
+        new_params: Dict[Tuple[int, str], nn.Parameter] = {}
+        for e, t in zip(entries, new):
+            mod, attr, kind = e[0], e[1], e[2]
+            if kind == "param":
+                old = e[3]
+                p = nn.Parameter(t, requires_grad=old.requires_grad)
+                mod._parameters[attr] = p
+                new_params[(id(mod), attr)] = p
+                replaced[id(old)] = (old, p)
+            elif kind == "buffer":
+                mod._buffers[attr] = t
+        for e, t in zip(entries, new):
+            mod, attr, kind = e[0], e[1], e[2]
+            if kind == "grad":
+                new_params[(id(mod), attr)].grad = t
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["params"] = [replaced[id(p)][1] if id(p) in replaced else p for p in group["params"]]
+            state = self.optimizer.state
+            for old_id, (old, p) in replaced.items():
+                if old in state:
+                    st = state.pop(old)
+                    state[p] = dict(st)
+            for e, t in zip(entries, new):
+                if e[2] == "state":
+                    p = new_params[(id(e[0]), e[1])]
+                    state[p][e[8]] = t
+        # module attributes
+        for name, info in self.an.layers.items():
+            mod = self._modules[name]
+            if keep_out[name] is None and keep_in[name] is None:
+                continue
+            if info.kind in ("conv", "convT"):
+                if info.kind == "conv":
+                    mod.out_channels = mod.weight.shape[0]
+                    mod.in_channels = mod.weight.shape[1] * mod.groups
+                else:
+                    mod.in_channels = mod.weight.shape[0]
+                    mod.out_channels = mod.weight.shape[1] * mod.groups
+            elif info.kind == "dwconv":
+                c = mod.weight.shape[0]
+                mod.in_channels = mod.out_channels = mod.groups = c
+            elif info.kind == "linear":
+                mod.out_features, mod.in_features = mod.weight.shape
+            elif info.kind == "norm":
+                t = mod.weight if mod.weight is not None else mod.running_mean
+                mod.num_features = t.shape[0]
+            elif info.kind == "prelu":
+                mod.num_parameters = mod.weight.shape[0]
+        for name, ko in keep_out.items():
+            if ko is not None:
+                self._orig[name] = self._orig[name][ko]
+        self._analyse()
+        self._alive = torch.ones(self.an.num_groups, dtype=torch.bool)
+
+    # ------------------------------------------------------------------------------- masking
+    def _build_masks(self) -> None:
+        """Per (module, attr) multiplicative masks of the dead channels (mask mode)."""
+        self._masks = {}
+        dead = ~self._alive
+        for name, info in self.an.layers.items():
+            og = info.out_groups
+            out_dead = (og >= 0) & dead[og.clamp_min(0)]
+            in_dead = None
+            if info.in_groups is not None:
+                ig = info.in_groups
+                in_dead = (ig >= 0) & dead[ig.clamp_min(0)]
+            if not out_dead.any() and (in_dead is None or not in_dead.any()):
+                continue
+            mod = self._modules[name]
+            for attr, role in _param_attrs(info.kind):
+                t = getattr(mod, attr, None)
+                if t is None:
+                    continue
+                shape = [1] * t.dim()
+                if role == "w":
+                    mo = (~out_dead).to(t.dtype)
+                    so = [1] * t.dim()
+                    so[info.out_dim] = -1
+                    mask = mo.view(so)
+                    if in_dead is not None:
+                        mi = (~in_dead).to(t.dtype)
+                        si = [1] * t.dim()
+                        si[info.in_dim] = -1
+                        mask = mask * mi.view(si)
+                else:
+                    shape[0] = -1
+                    mask = (~out_dead).to(t.dtype).view(shape)
+                self._masks.setdefault(name, {})[attr] = mask.to(t.device)
+
+    def _mask_for(self, p: Tensor) -> Optional[Tensor]:
+        for name, d in self._masks.items():
+            mod = self._modules[name]
+            for attr, m in d.items():
+                if mod._parameters.get(attr) is p:
+                    return m
+        return None
+
+    def _mask_tensor(self, p: Tensor, t: Tensor) -> Tensor:
+        m = self._mask_for(p)
+        return t if m is None else t * m
+
+    def _install_mask_hooks(self) -> None:
+        for name, info in self.an.layers.items():
+            mod = self._modules[name]
+            for attr, _ in _param_attrs(info.kind):
+                p = mod._parameters.get(attr)
+                if p is not None and p.requires_grad:
+                    self._hooks.append(p.register_hook(functools.partial(self._grad_hook, name, attr)))
+        if self.optimizer is not None and hasattr(self.optimizer, "register_step_post_hook"):
+            self._hooks.append(self.optimizer.register_step_post_hook(lambda *a, **k: self.apply_masks()))
+
+    def _grad_hook(self, name: str, attr: str, g: Tensor) -> Tensor:
+        m = self._masks.get(name, {}).get(attr)
+        return g if m is None else g * m
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero the pruned channels of every parameter, buffer, gradient and optimizer state (mask
+        mode; called after ``prune`` and after every ``optimizer.step``)."""
+        state = self.optimizer.state if self.optimizer is not None else {}
+        for name, d in self._masks.items():
+            mod = self._modules[name]
+            for attr, m in d.items():
+                t = getattr(mod, attr)
+                t.mul_(m)
+                if isinstance(t, nn.Parameter):
+                    if t.grad is not None:
+                        t.grad.mul_(m)
+                    for v in state.get(t, {}).values():
+                        if isinstance(v, Tensor) and v.shape == t.shape and v.dim() > 0:
+                            v.mul_(m)
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    # ------------------------------------------------------------------------------- reinit
+    def reinit(self, seed: Optional[int] = None, init_fn: Optional[Callable[[nn.Module], None]] = None) -> nn.Module:
+        """A copy of the model with the same (pruned) architecture and fresh random weights:
+        every module's ``reset_parameters()`` (BN running statistics reset too), then
+        ``init_fn`` applied to every module if given. ``seed`` makes it reproducible (the global
+        RNG is left untouched). In mask mode the pruned channels of the copy are zeroed."""
+        new = copy.deepcopy(self.model)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for m in new.modules():
+                if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                    m.reset_parameters()
+            if init_fn is not None:
+                new.apply(init_fn)
+        if self.mode == "mask" and self._masks:
+            mods = dict(new.named_modules())
+            with torch.no_grad():
+                for name, d in self._masks.items():
+                    for attr, m in d.items():
+                        getattr(mods[name], attr).mul_(m)
+        for p in new.parameters():
+            p.grad = None
+        return new
+
+    # ------------------------------------------------------------------------------- state
+    def config(self) -> Dict[str, Any]:
+        return {
+            "tasks": list(self.tasks), "criterion": self.criterion, "exclude": list(self.exclude),
+            "min_channels": self.min_channels, "round_to": self.round_to, "ranking": self.ranking,
+            "layer_norm": self.layer_norm, "group_reduction": self.group_reduction,
+            "score_accumulation": self.score_accumulation, "task_weights": self.task_weights,
+            "mode": self.mode, "seed": self.seed, "grad_mode": self.grad_mode, "backend": self.backend,
+        }
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "version": 1,
+            "config": self.config(),
+            "architecture": architecture(self.model),
+            "acc": None if self._acc is None else self._acc.clone(),
+            "num_batches": self.num_batches,
+            "total_batches": self.total_batches,
+            "num_prunes": self.num_prunes,
+            "history": copy.deepcopy(self.history),
+            "rng": self.generator.get_state(),
+            "alive": self._alive.clone(),
+            "orig": {k: v.clone() for k, v in self._orig.items()},
+        }
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        arch = architecture(self.model)
+        if sd["architecture"] != arch:
+            diff = [k for k in set(arch) | set(sd["architecture"]) if arch.get(k) != sd["architecture"].get(k)]
+            raise ValueError("the pruner state was saved for another architecture; differing layers: "
+                             + ", ".join(sorted(diff)[:10]))
+        self._acc = None if sd["acc"] is None else sd["acc"].clone()
+        self.num_batches = int(sd["num_batches"])
+        self.total_batches = int(sd["total_batches"])
+        self.num_prunes = int(sd["num_prunes"])
+        self.history = copy.deepcopy(list(sd["history"]))
+        self.generator.set_state(sd["rng"])
+        self._alive = sd["alive"].clone()
+        self._orig = {k: v.clone() for k, v in sd["orig"].items()}
+        if self.mode == "mask":
+            self._build_masks()
+            self.apply_masks()
+
+    def save(self, path, *, include_model: bool = True) -> None:
+        """Atomically write the pruner state (and, by default, the model's architecture and state
+        dict and the optimizer's state dict) to ``path`` (temporary file + ``os.replace``)."""
+        ckpt: Dict[str, Any] = {"format": "mtlkernels.pruner/1", "pruner": self.state_dict()}
+        if include_model:
+            ckpt["architecture"] = architecture(self.model)
+            ckpt["state_dict"] = self.model.state_dict()
+            if self.optimizer is not None:
+                ckpt["optimizer"] = self.optimizer.state_dict()
+        atomic_save(ckpt, path)
+
+    @classmethod
+    def load(cls, path, model: nn.Module, *, example_inputs, optimizer=None, **overrides) -> "MultiTaskPruner":
+        """A pruner for an already restored ``model`` (and ``optimizer``), with the saved config
+        (``overrides`` replace entries) and state."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        sd = ckpt["pruner"]
+        cfg = dict(sd["config"])
+        cfg.update(overrides)
+        tasks = cfg.pop("tasks")
+        crit = cfg.pop("criterion")
+        pr = cls(model, tasks, crit, example_inputs=example_inputs, optimizer=optimizer, **cfg)
+        pr.load_state_dict(sd)
+        return pr
+
+    @classmethod
+    def resume(cls, path, constructor: Callable[[], nn.Module], *, example_inputs,
+               optimizer_fn: Optional[Callable[[Any], torch.optim.Optimizer]] = None,
+               map_location=None, **overrides) -> "MultiTaskPruner":
+        """Rebuild everything from ``save(path)``: ``constructor()`` -> shrunk to the saved
+        architecture -> saved weights; ``optimizer_fn(model.parameters())`` -> saved optimizer
+        state; the pruner with its saved config and state. Use ``pruner.model`` and
+        ``pruner.optimizer`` afterwards."""
+        ckpt = torch.load(path, map_location=map_location or "cpu", weights_only=False)
+        if "state_dict" not in ckpt:
+            raise ValueError(f"{path} holds no model (saved with include_model=False): use MultiTaskPruner.load")
+        model = constructor()
+        apply_architecture(model, ckpt["architecture"], ckpt["state_dict"])
+        model.load_state_dict(ckpt["state_dict"])
+        opt = None
+        if optimizer_fn is not None:
+            opt = optimizer_fn(model.parameters())
+            if "optimizer" in ckpt:
+                opt.load_state_dict(ckpt["optimizer"])
+        sd = ckpt["pruner"]
+        cfg = dict(sd["config"])
+        cfg.update(overrides)
+        tasks = cfg.pop("tasks")
+        crit = cfg.pop("criterion")
+        pr = cls(model, tasks, crit, example_inputs=example_inputs, optimizer=opt, **cfg)
+        pr.load_state_dict(sd)
+        return pr
