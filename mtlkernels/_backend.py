@@ -25,6 +25,7 @@ _C = None
 _C_ERROR: Optional[str] = None
 try:  # the compiled extension registers the torch.ops.mtlkernels.* ops on import
     from . import _C  # type: ignore[no-redef]  # noqa: F401
+    from . import _fake  # noqa: F401  (meta kernels for torch.compile / opcheck)
 except Exception as exc:  # not built, or built against another torch
     _C_ERROR = f"{type(exc).__name__}: {exc}"
     warnings.warn(

@@ -1,0 +1,39 @@
+"""Fake (meta) kernels of the compiled ops, so ``torch.compile(fullgraph=True)`` and
+``torch.library.opcheck`` can trace them without running a kernel. Imported once the extension
+has registered the schemas (``mtlkernels._backend``)."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+@torch.library.register_fake("mtlkernels::filter_stats")
+def _filter_stats_fake(weights: Sequence[Tensor], grads: Sequence[Tensor]):
+    T = len(grads) // len(weights)
+    F = sum(w.shape[0] for w in weights)
+    w0 = weights[0]
+    f32 = dict(dtype=torch.float32)
+    return (w0.new_empty((F, T), **f32), w0.new_empty((F, T, T), **f32), w0.new_empty((F,), **f32),
+            w0.new_empty((F,), **f32), w0.new_empty((F, T, T), **f32))
+
+
+@torch.library.register_fake("mtlkernels::channel_contrib")
+def _channel_contrib_fake(activation: Tensor, grad: Tensor) -> Tensor:
+    torch._check(activation.dim() == 3, lambda: "channel_contrib takes [N, C, S] views")
+    return activation.new_empty((activation.shape[1],), dtype=torch.float32)
+
+
+def gather_out_shape(x: Tensor, i1: Optional[Tensor], i2: Optional[Tensor], d1: int, d2: int):
+    shape = list(x.shape)
+    if i1 is not None:
+        shape[d1] = i1.shape[0]
+    if i2 is not None:
+        shape[d2] = i2.shape[0]
+    return shape
+
+
+@torch.library.register_fake("mtlkernels::gather")
+def _gather_fake(xs, idx1, idx2, dim1, dim2) -> List[Tensor]:
+    return [x.new_empty(gather_out_shape(x, a, b, c, d)) for x, a, b, c, d in zip(xs, idx1, idx2, dim1, dim2)]

@@ -1,0 +1,249 @@
+"""Every compiled op x backend against the float64 reference.
+
+Random inputs (never zeros), odd sizes, float32/float16/bfloat16, non-contiguous and channels_last
+inputs, outputs poisoned with NaN before the call (the ``poison`` fixture). The reference runs on
+the same low-precision values upcast to float64, so the only allowed difference is float32
+accumulation order. Triton on CPU (interpreter) is covered in test_triton.py with smaller sizes.
+"""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from mtlkernels import ops
+from conftest import compiled_backends
+
+BACKENDS = compiled_backends()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+if not BACKENDS:  # pragma: no cover - the extension failed to build
+    pytest.skip("no compiled backend available", allow_module_level=True)
+
+
+def rel_err(out, ref):
+    out, ref = out.double().cpu(), ref.double().cpu()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check_close(out, ref, tol=3e-5, name=""):
+    assert out.dtype == torch.float32, name
+    assert out.shape == ref.shape, name
+    assert not torch.isnan(out).any(), f"{name}: unwritten (poisoned) or NaN elements"
+    assert rel_err(out, ref) < tol, f"{name}: relative error {rel_err(out, ref):.2e}"
+    torch.testing.assert_close(out.double().cpu(), ref.double().cpu(), rtol=1e-3, atol=1e-4 * ref.abs().max().item())
+
+
+def layer_set(kind, device, dtype, gen):
+    """Weights of odd shapes, some non-contiguous."""
+    def r(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    if kind == "odd":
+        return [r(5, 3, 3, 3), r(7, 11), r(9), r(1, 37), r(3, 1), r(2, 13, 1, 1)]
+    if kind == "noncontig":
+        return [r(11, 6).t(), r(4, 6, 3, 3)[:, ::2], r(3, 5, 3, 3).to(memory_format=torch.channels_last)]
+    if kind == "large":  # K not a multiple of any vector width, and K larger than the CPU chunk
+        return [r(19, 1031), r(3, 64, 3, 3), r(33, 8)]
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 11, 16])
+@pytest.mark.parametrize("kind", ["odd", "noncontig", "large"])
+def test_filter_stats_many(device, backend, dtype, T, kind, poison):
+    gen = torch.Generator().manual_seed(1000 * T + len(kind))
+    weights = layer_set(kind, device, dtype, gen)
+    # gradients: a stacked [T, ...] tensor for some layers, a list of (non-contiguous) tensors for others
+    grads = []
+    for l, w in enumerate(weights):
+        g = torch.randn(T, *w.shape, generator=gen).to(device=device, dtype=dtype)
+        grads.append(g if l % 2 == 0 else [gt.transpose(0, -1).contiguous().transpose(0, -1) for gt in g])
+    out = ops.filter_stats_many(weights, grads, backend=backend)
+    ref = ops.filter_stats_many(
+        [w.double() for w in weights],
+        [g.double() if torch.is_tensor(g) else [x.double() for x in g] for g in grads],
+        backend="reference",
+    )
+    assert out.offsets == ref.offsets
+    for name, a, b in zip(ops.STAT_FIELDS, out.tensors(), ref.tensors()):
+        check_close(a, b, name=f"{name} T={T} {dtype}")
+    assert out.gram.transpose(1, 2).equal(out.gram) and out.wg2.transpose(1, 2).equal(out.wg2)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_filter_stats_single_layer_matches_many(device, backend):
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 4, 3, 3, generator=gen).to(device)
+    g = torch.randn(3, 6, 4, 3, 3, generator=gen).to(device)
+    one = ops.filter_stats(w, g, backend=backend)
+    many = ops.filter_stats_many([w, w[:2]], [g, g[:, :2]], backend=backend)
+    for a, b in zip(one.tensors(), many.per_layer()[0].tensors()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_filter_stats_propagates_nan(device, backend):
+    w = torch.randn(4, 5, device=device)
+    g = torch.randn(2, 4, 5, device=device)
+    g[1, 2, 3] = float("nan")
+    s = ops.filter_stats(w, g, backend=backend)
+    assert torch.isnan(s.dot[2, 1]) and torch.isnan(s.gram[2, 1, 1]) and not torch.isnan(s.dot[1]).any()
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape,layout",
+    [((4, 6, 5, 7), "nchw"), ((4, 6, 5, 7), "channels_last"), ((3, 10), "nchw"), ((2, 5, 33), "nchw"),
+     ((1, 1, 1, 1), "nchw"), ((2, 37, 3, 3), "channels_last"), ((3, 8, 6, 4), "sliced"),
+     ((2, 3, 4, 5, 6), "nchw")],
+)
+def test_channel_contrib(device, backend, dtype, shape, layout, poison):
+    gen = torch.Generator().manual_seed(sum(shape))
+    a = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+    d = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        a, d = a.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+    elif layout == "sliced":  # non-contiguous along channels and width
+        a, d = a[:, ::2, :, ::2], d[:, 1::2, :, 1::2]
+    out = ops.channel_contrib(a, d, backend=backend)
+    ref = ops.channel_contrib(a.double(), d.double(), backend="reference")
+    check_close(out, ref, name=f"contrib {shape} {layout}")
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_channel_contrib_large(device, backend, poison):
+    gen = torch.Generator().manual_seed(7)
+    a = torch.randn(8, 24, 33, 31, generator=gen).to(device)
+    d = torch.randn(8, 24, 33, 31, generator=gen).to(device)
+    for x, y in ((a, d), (a.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last))):
+        check_close(ops.channel_contrib(x, y, backend=backend), ops.channel_contrib(a.double(), d.double(), backend="reference"))
+
+
+def rand_subset(n, gen, k=None):
+    k = k if k is not None else int(torch.randint(1, n + 1, (1,), generator=gen))
+    return torch.randperm(n, generator=gen)[:k]
+
+
+def rand_tensor(shape, dtype, gen):
+    if dtype == torch.bool:
+        return torch.rand(*shape, generator=gen) > 0.5
+    if dtype.is_floating_point:
+        return torch.randn(*shape, generator=gen).to(dtype)
+    return torch.randint(-1000, 1000, shape, generator=gen).to(dtype)
+
+
+GATHER_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool]
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("dtype", GATHER_DTYPES)
+def test_gather_many_layers(device, backend, dtype):
+    """A compaction step: conv, depthwise conv, transposed conv, linear, BN vectors, in one call."""
+    gen = torch.Generator().manual_seed(11)
+    conv = rand_tensor((13, 7, 3, 3), dtype, gen)
+    dw = rand_tensor((13, 1, 3, 3), dtype, gen)
+    tconv = rand_tensor((13, 5, 4, 4), dtype, gen)    # ConvTranspose2d: [C_in, C_out, kh, kw]
+    lin = rand_tensor((9, 13 * 4), dtype, gen)         # flatten -> linear: channel = 4 features
+    bn = rand_tensor((13,), dtype, gen)
+    o = rand_subset(13, gen, 6)
+    i = rand_subset(7, gen, 3)
+    t_out = rand_subset(5, gen, 2)
+    feat = (o[:, None] * 4 + torch.arange(4)).flatten()
+    xs = [conv, dw, tconv, lin, bn, conv[:, :4].contiguous()]
+    xs = [x.to(device) for x in xs]
+    outs = ops.gather_many(
+        xs,
+        [o, o, t_out, None, o, None],
+        [i, None, o, feat, None, i[i < 4]],
+        out_dims=[0, 0, 1, 0, 0, 0], in_dims=[1, 1, 0, 1, 1, 1],
+        backend=backend,
+    )
+    refs = [
+        conv[o][:, i], dw[o], tconv[:, t_out][o], lin[:, feat], bn[o], conv[:, :4][:, i[i < 4]],
+    ]
+    for out, ref in zip(outs, refs):
+        assert out.is_contiguous() and out.dtype == ref.dtype and out.device.type == device
+        assert torch.equal(out.cpu(), ref), (out.shape, ref.shape)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_gather_channels_noncontiguous_and_plain_copy(device, backend):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 10, 3, generator=gen).to(device)[:, ::2]       # non-contiguous [6, 5, 3]
+    o, i = torch.tensor([4, 0, 2], device=device), torch.tensor([1, 3], device=device)
+    assert torch.equal(ops.gather_channels(x, o, i, backend=backend), x[o][:, i])
+    k = torch.tensor([2, 0], device=device)
+    assert torch.equal(ops.gather_channels(x, None, k, in_dim=2, backend=backend), x[:, :, k])
+    copy = ops.gather_channels(x, backend=backend)   # no index: a contiguous copy
+    assert torch.equal(copy, x) and copy.data_ptr() != x.data_ptr()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=5),
+    data=st.data(),
+)
+def test_gather_property(shape, data):
+    """Random shapes, dims and index sets: the compiled gather equals index_select chains."""
+    device, backend = BACKENDS[0]
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(*shape, generator=gen).to(device)
+    nd = len(shape)
+    d1 = data.draw(st.integers(0, nd - 1))
+    d2 = data.draw(st.integers(0, nd - 1).filter(lambda d: d != d1)) if nd > 1 else None
+    i1 = data.draw(st.permutations(range(shape[d1])).flatmap(lambda p: st.integers(1, len(p)).map(lambda k: p[:k])))
+    i1 = torch.tensor(i1, device=device)
+    i2 = None
+    if d2 is not None and data.draw(st.booleans()):
+        i2 = torch.tensor(rand_subset(shape[d2], gen).tolist(), device=device)
+    out = ops.gather_channels(x, i1, i2, out_dim=d1, in_dim=d2 if d2 is not None else (d1 + 1) % max(nd, 1), backend=backend)
+    ref = x.index_select(d1, i1)
+    if i2 is not None:
+        ref = ref.index_select(d2, i2)
+    assert torch.equal(out, ref)
+
+
+# ------------------------------------------------------------------ dispatcher integration
+def _stats_args(device):
+    gen = torch.Generator().manual_seed(2)
+    ws = [torch.randn(4, 3, 3, 3, generator=gen).to(device), torch.randn(5, 7, generator=gen).to(device)]
+    gs = [torch.randn(4, 3, 3, 3, generator=gen).to(device) for _ in range(2)] + \
+         [torch.randn(5, 7, generator=gen).to(device) for _ in range(2)]
+    return ws, gs
+
+
+@pytest.mark.parametrize("device", sorted({d for d, b in BACKENDS if b != "triton"}))
+def test_opcheck(device):
+    ws, gs = _stats_args(device)
+    torch.library.opcheck(torch.ops.mtlkernels.filter_stats.default, (ws, gs))
+    a = torch.randn(2, 3, 4, device=device)
+    torch.library.opcheck(torch.ops.mtlkernels.channel_contrib.default, (a, torch.randn_like(a)))
+    x = torch.randn(5, 4, 3, device=device)
+    idx = torch.tensor([3, 0], device=device)
+    torch.library.opcheck(torch.ops.mtlkernels.gather.default, ([x, x[0].contiguous()], [idx, None], [None, idx], [0, 0], [1, 1]))
+
+
+@pytest.mark.parametrize("device", sorted({d for d, b in BACKENDS if b != "triton"}))
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    ws, gs = _stats_args(device)
+    a = torch.randn(2, 3, 4, 5, device=device)
+    x = torch.randn(6, 4, 3, device=device)
+    idx = torch.tensor([5, 1, 2], device=device)
+
+    def f(ws, gs, a, x, idx):
+        dot, gram, wsq, wabs, wg2 = torch.ops.mtlkernels.filter_stats(ws, gs)
+        c = torch.ops.mtlkernels.channel_contrib(a.flatten(2), a.flatten(2) * 2)
+        (y,) = torch.ops.mtlkernels.gather([x], [idx], [None], [0], [1])
+        return dot.square().sum(1) + wsq, c, y * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend="inductor")
+    for got, want in zip(compiled(ws, gs, a, x, idx), f(ws, gs, a, x, idx)):
+        torch.testing.assert_close(got, want)
+
+
+def test_backend_auto_prefers_compiled():
+    from mtlkernels import _backend
+
+    assert _backend.resolve("auto", torch.device("cpu")) == "cpu"
+    assert "reference" in _backend.available_backends("cpu")
