@@ -175,6 +175,7 @@ def test_optimizer_state_survives(name, data, opt_name):
     opt_params = [p for g in opt.param_groups for p in g["params"]]
     assert len(params) == len(opt_params) and all(a is b for a, b in zip(params, opt_params))
     assert set(map(id, opt.state.keys())) <= set(map(id, params))
+    assert not any(b.requires_grad for b in m.buffers())
     for p in params:
         for k in keys:
             assert opt.state[p][k].shape == p.shape

@@ -649,8 +649,9 @@ class MultiTaskPruner:
                             entries.append((mod, attr, "state", v, oi, ii, od, idim, key))
         if not entries:
             return
-        new = _ops.gather_many(
-            [e[3] for e in entries], [e[4] for e in entries], [e[5] for e in entries],
+        with torch.no_grad():
+            new = _ops.gather_many(
+                [e[3].detach() for e in entries], [e[4] for e in entries], [e[5] for e in entries],
             out_dims=[e[6] for e in entries], in_dims=[e[7] for e in entries], backend=self.backend)
         replaced: Dict[int, Tuple[nn.Parameter, nn.Parameter]] = {}
         new_params: Dict[Tuple[int, str], nn.Parameter] = {}
