@@ -15,8 +15,9 @@ once per call:
   ``.to(tl.pointer_type(...))``, then streams the row in ``BLOCK_K`` chunks, holding all T task
   gradients as a ``[TP, BLOCK_K]`` tile (T padded to the power of two TP, the pad masked) and
   accumulating ``dot``, the T x T ``gram`` and ``wg2`` (broadcast products ``g[:, None, :] *
-  g[None, :, :]`` reduced over K; for T <= 16 this beats ``tl.dot``'s 16-wide minimum tiles), ``wsq``
-  and ``wabs`` in float32.
+  g[None, :, :]`` reduced over K, rather than ``tl.dot``, whose tiles are at least 16 wide: for
+  small T they would be mostly padding; not measured against each other), ``wsq`` and ``wabs``,
+  all in float32.
 
   Why a pointer table rather than a flat gradient bank (``torch.cat`` of every gradient): the bank
   would copy all of the user's gradients (the size of the model times T) just to give the kernel one
@@ -47,7 +48,14 @@ would do is turned off, so a compiled graph (``fullgraph=True`` works) calls the
 On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``, read when this
 module is imported, as ``@triton.jit`` does); on CPU tensors without it the ops fall back to
 :mod:`mtlkernels.reference`. Block sizes are chosen by small heuristics (no autotuning) and the
-kernels use no device-specific features, so they also run under the interpreter.
+kernels use no device-specific features, so they also run under the interpreter. The knobs are in
+:data:`TUNE` (untuned beyond a first look).
+
+Measured once on an H200 (torch 2.11, Triton 3.6; before the table copy became asynchronous): a
+ResNet-50-like list of 64 layers (38,400 filters), T=4 float32: the whole public call 1.9 ms against
+15 ms for the reference (T=16: 9.7 against 15 ms); ``channel_contrib`` of ``[32, 256, 28, 28]``
+float32: 0.18 ms NCHW, 0.07 ms channels_last, against 0.04/0.06 ms for PyTorch's fused reduction;
+``gather_many`` of the 64 layers: 2.9 ms against 2.3 ms (both dominated by host-side work).
 """
 from __future__ import annotations
 
@@ -218,6 +226,9 @@ TUNE = {
     "cc_max_block_p": 128,
     "cc_tile": 4096,         # ... with BLOCK_C * BLOCK_P <= cc_tile
     "gather_block": 1024,    # gather: output elements per program
+    "fs_num_warps": 4,
+    "cc_num_warps": 4,
+    "gather_num_warps": 4,
 }
 
 
@@ -268,7 +279,7 @@ def _filter_stats_impl(weights: List[Tensor], grads: List[Tensor]) -> List[Tenso
     torch.library.wrap_triton(_filter_stats_kernel)[(num_rows,)](
         tab, weights[0], *outs,
         num_tasks, 3 * num_layers, 3 * num_layers + len(grad_addrs),
-        BLOCK_K=block_k, TP=tp,
+        BLOCK_K=block_k, TP=tp, num_warps=TUNE["fs_num_warps"],
     )
     return list(outs)
 
@@ -292,7 +303,7 @@ def _channel_contrib_impl(a3: Tensor, d3: Tensor) -> Tensor:
     torch.library.wrap_triton(_channel_contrib_kernel)[(c_blocks, splits)](
         a3, d3, part, c, s, positions, chunk,
         *a3.stride(), *d3.stride(),
-        BLOCK_C=block_c, BLOCK_P=block_p,
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=TUNE["cc_num_warps"],
     )
     return part.sum(0)
 
@@ -373,7 +384,7 @@ def _gather_impl(xs: List[Tensor], idx1: List[Optional[Tensor]], idx2: List[Opti
         tensors_tab = table[:len(tensor_rows)]
         blocks_tab = table[len(tensor_rows):]
         torch.library.wrap_triton(_gather_kernel)[(len(block_rows) // 2,)](
-            blocks_tab, tensors_tab, prepared[0][1], BLOCK=block,
+            blocks_tab, tensors_tab, prepared[0][1], BLOCK=block, num_warps=TUNE["gather_num_warps"],
         )
         for i, _, dst in prepared:
             outs[i] = dst.view(xs[i].dtype)
