@@ -46,10 +46,6 @@ def compiled_with_cuda() -> bool:
     return _C is not None and bool(torch.ops.mtlkernels._built_with_cuda())
 
 
-def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 @functools.lru_cache(maxsize=None)
 def _triton_error() -> Optional[str]:
     try:
@@ -80,11 +76,17 @@ def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
             return "mtlkernels._C was built without CUDA (no CUDA torch or no CUDA toolkit at build time)"
         return None
     if backend == "triton":
-        if device.type == "cpu" and not triton_interpret():
-            return "Triton runs CPU tensors only under TRITON_INTERPRET=1"
         if device.type not in ("cpu", "cuda"):
             return f"Triton takes CUDA tensors, got tensors on {device}"
-        return _triton_error()
+        err = _triton_error()
+        if err is not None:
+            return err
+        from . import triton_ops
+
+        # The interpreter is chosen when the kernels are decorated (import time), not per call.
+        if device.type == "cpu" and not triton_ops.INTERPRET:
+            return "Triton runs CPU tensors only under TRITON_INTERPRET=1 (set before mtlkernels.triton_ops is imported)"
+        return None
     return f"unknown backend {backend!r}; expected one of {BACKENDS} or 'auto'"
 
 

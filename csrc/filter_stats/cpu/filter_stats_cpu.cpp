@@ -2,13 +2,16 @@
 //
 // Work is split by elements, not rows: layers differ in K by 100x (VGG16: 27 .. 4608), so equal
 // row counts per thread would leave one thread with all the big layers. Each filter streams its
-// weight row and T gradient rows once, in chunks that stay in L1; inside a chunk every accumulator
-// is a dot product the compiler vectorises (omp simd reductions).
+// weight row and T gradient rows once, in chunks that stay in L1 while T register-blocked passes
+// (one per task) run over them.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 #include "../../common/tables.h"
@@ -42,36 +45,146 @@ inline const float* as_float(const scalar_t* src, int64_t n, float* buf) {
   }
 }
 
-// Accumulates one filter (row) into acc (layout TL = T, see common.h).
+// ---- T <= 8: register-blocked passes (compile-time T). ---------------------------------------
+// For each task i, one pass over the chunk accumulates dot_i, gram_ij and wg2_ij for j >= i (and, in
+// pass 0, wsq and wabs) in 8-wide vector registers: w, g_i and g_j are loaded once per pass and
+// W^2 G_i G_j is formed as (W * W G_i) * G_j. The chunk stays in L1 between passes, so memory sees
+// each element once. (Measured on this machine's 2-core EPYC, T=3: 2.4x faster than one simd dot
+// per accumulator.)
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+inline v8f vload(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline float hsum(v8f v) {
+  float s = 0.f;
+  for (int e = 0; e < 8; ++e) s += v[e];
+  return s;
+}
+
+template <int T, int I>
+inline void task_pass(const float* w, const float* const* g, int64_t n, float* acc) {
+  constexpr int P = num_pairs(T);
+  constexpr int NJ = T - I;
+  v8f d{}, sq{}, ab{}, gr[NJ], wq[NJ];
+  for (int j = 0; j < NJ; ++j) gr[j] = wq[j] = v8f{};
+  const float* gi = g[I];
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const v8f wk = vload(w + k), gk = vload(gi + k);
+    const v8f wgi = wk * gk, w2g = wk * wgi;
+    d += wgi;
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) {
+      const v8f gj = vload(g[I + j] + k);
+      gr[j] += gk * gj;
+      wq[j] += w2g * gj;
+    }
+    if constexpr (I == 0) {
+      sq += wk * wk;
+      ab += (v8f)((v8i)wk & 0x7fffffff);
+    }
+  }
+  float ds = hsum(d), sqs = hsum(sq), abs_ = hsum(ab), grs[NJ], wqs[NJ];
+  for (int j = 0; j < NJ; ++j) {
+    grs[j] = hsum(gr[j]);
+    wqs[j] = hsum(wq[j]);
+  }
+  for (; k < n; ++k) {  // tail
+    const float wk = w[k], gk = gi[k], wgi = wk * gk, w2g = wk * wgi;
+    ds += wgi;
+    for (int j = 0; j < NJ; ++j) {
+      grs[j] += gk * g[I + j][k];
+      wqs[j] += w2g * g[I + j][k];
+    }
+    if constexpr (I == 0) {
+      sqs += wk * wk;
+      abs_ += std::fabs(wk);
+    }
+  }
+  acc[I] += ds;
+  for (int j = 0; j < NJ; ++j) {
+    const int p = pair_index(T, I, I + j);
+    acc[T + p] += grs[j];
+    acc[T + P + p] += wqs[j];
+  }
+  if constexpr (I == 0) {
+    acc[T + 2 * P] += sqs;
+    acc[T + 2 * P + 1] += abs_;
+  }
+}
+
+template <int T, int... Is>
+inline void all_task_passes(const float* w, const float* const* g, int64_t n, float* acc,
+                            std::integer_sequence<int, Is...>) {
+  (task_pass<T, Is>(w, g, n, acc), ...);
+}
+
+template <int T>
+void chunk_fixed_t(const float* w, const float* const* g, int64_t n, float* acc, float*) {
+  all_task_passes<T>(w, g, n, acc, std::make_integer_sequence<int, T>{});
+}
+
+// ---- any T (9..16): one simd dot product per accumulator. -----------------------------------
+void chunk_any_t(const float* wp, const float* const* gp, int T, int64_t n, float* acc,
+                 float* wgbuf) {
+  const int P = num_pairs(T);
+  for (int t = 0; t < T; ++t) {
+    float* wg = wgbuf + t * kChunk;
+    const float* gt = gp[t];
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) wg[k] = wp[k] * gt[k];
+  }
+  for (int i = 0; i < T; ++i) {
+    acc[i] += simd_dot(wp, gp[i], n);
+    for (int j = i; j < T; ++j) {
+      const int p = pair_index(T, i, j);
+      acc[T + p] += simd_dot(gp[i], gp[j], n);
+      acc[T + P + p] += simd_dot(wgbuf + i * kChunk, wgbuf + j * kChunk, n);
+    }
+  }
+  acc[T + 2 * P] += simd_dot(wp, wp, n);
+  acc[T + 2 * P + 1] += simd_abs_sum(wp, n);
+}
+
+using ChunkFn = void (*)(const float*, const float* const*, int64_t, float*, float*);
+
+ChunkFn chunk_fn(int T) {
+  switch (T) {
+    case 1: return &chunk_fixed_t<1>;
+    case 2: return &chunk_fixed_t<2>;
+    case 3: return &chunk_fixed_t<3>;
+    case 4: return &chunk_fixed_t<4>;
+    case 5: return &chunk_fixed_t<5>;
+    case 6: return &chunk_fixed_t<6>;
+    case 7: return &chunk_fixed_t<7>;
+    case 8: return &chunk_fixed_t<8>;
+    default: return nullptr;
+  }
+}
+
+// Accumulates one filter (row) into acc (layout TL = T, see common.h), chunk by chunk; float16 and
+// bfloat16 chunks are converted to float32 buffers first.
 template <typename scalar_t>
 void filter_row(const scalar_t* w, const scalar_t* const* g, int T, int64_t K, float* acc,
-                float* buf) {
-  const int P = num_pairs(T);
+                float* buf, ChunkFn fixed) {
   float* wbuf = buf;                 // [kChunk]
   float* gbuf = buf + kChunk;        // [T][kChunk] (conversion buffers)
-  float* wgbuf = gbuf + T * kChunk;  // [T][kChunk]  W * G_t
+  float* wgbuf = gbuf + T * kChunk;  // [T][kChunk] (W * G_t, any-T path)
   const float* gp[kMaxTasks];
   std::fill(acc, acc + num_acc(T), 0.f);
   for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
     const int64_t n = std::min(kChunk, K - k0);
     const float* wp = as_float(w + k0, n, wbuf);
     for (int t = 0; t < T; ++t) gp[t] = as_float(g[t] + k0, n, gbuf + t * kChunk);
-    for (int t = 0; t < T; ++t) {
-      float* wg = wgbuf + t * kChunk;
-      const float* gt = gp[t];
-#pragma omp simd
-      for (int64_t k = 0; k < n; ++k) wg[k] = wp[k] * gt[k];
+    if (fixed) {
+      fixed(wp, gp, n, acc, wgbuf);
+    } else {
+      chunk_any_t(wp, gp, T, n, acc, wgbuf);
     }
-    for (int i = 0; i < T; ++i) {
-      acc[i] += simd_dot(wp, gp[i], n);
-      for (int j = i; j < T; ++j) {
-        const int p = pair_index(T, i, j);
-        acc[T + p] += simd_dot(gp[i], gp[j], n);
-        acc[T + P + p] += simd_dot(wgbuf + i * kChunk, wgbuf + j * kChunk, n);
-      }
-    }
-    acc[T + 2 * P] += simd_dot(wp, wp, n);
-    acc[T + 2 * P + 1] += simd_abs_sum(wp, n);
   }
 }
 
@@ -92,6 +205,7 @@ void filter_stats_cpu_impl(const FilterStatsTable& tab, const FilterStatsOut& ou
     const int64_t k = tab.k(l);
     return off[l] + (target - elems[l] + k - 1) / k;
   };
+  const ChunkFn fixed = chunk_fn(T);
   at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<float> buf((1 + 2 * T) * kChunk);
     std::vector<float> acc(num_acc(T));
@@ -106,7 +220,7 @@ void filter_stats_cpu_impl(const FilterStatsTable& tab, const FilterStatsOut& ou
       const auto* w = reinterpret_cast<const scalar_t*>(tab.weight_addr(l)) + local * K;
       for (int t = 0; t < T; ++t)
         g[t] = reinterpret_cast<const scalar_t*>(tab.grad_addr(l, t)) + local * K;
-      filter_row<scalar_t>(w, g, T, K, acc.data(), buf.data());
+      filter_row<scalar_t>(w, g, T, K, acc.data(), buf.data(), fixed);
       for (int a = 0; a < num_acc(T); ++a) store_filter_acc(out, row, T, T, a, acc[a]);
     }
   });
