@@ -32,6 +32,7 @@ prunable *channel group* (a connected set of labels).
 from __future__ import annotations
 
 import math
+import os
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -157,6 +158,23 @@ class Analysis:
         return "\n".join(lines)
 
 
+def _shape_prop(gm: torch.fx.GraphModule, inputs, fake: bool) -> None:
+    if fake:
+        try:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            mode = FakeTensorMode(allow_non_fake_inputs=True)
+            fake_inputs = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs]
+            ShapeProp(gm, fake_mode=mode).propagate(*fake_inputs)
+            return
+        except Exception as exc:  # pragma: no cover - fall back to a real forward
+            if os.environ.get("MTLKERNELS_PRUNING_DEBUG"):
+                print(f"fake shape propagation failed: {exc!r}")
+            for n in gm.graph.nodes:
+                n.meta.pop("tensor_meta", None)
+    ShapeProp(gm).propagate(*inputs)
+
+
 def _tensor_meta(node: torch.fx.Node):
     tm = node.meta.get("tensor_meta")
     if tm is None or not hasattr(tm, "shape"):
@@ -180,8 +198,13 @@ def analyse(
     exclude: Sequence[str] = (),
     *,
     tracer_kwargs: Optional[dict] = None,
+    fake: bool = True,
 ) -> Analysis:
-    """Trace ``model`` and find its prunable channel groups (see the module docstring)."""
+    """Trace ``model`` and find its prunable channel groups (see the module docstring).
+
+    Shapes come from :class:`ShapeProp` on ``example_inputs``; with ``fake=True`` (default) it runs
+    under a ``FakeTensorMode`` (no real compute: re-analysing after each compaction is cheap),
+    falling back to a real forward (eval mode, no grad) if fake propagation fails."""
     try:
         gm = torch.fx.symbolic_trace(model, **(tracer_kwargs or {}))
     except Exception as exc:  # pragma: no cover - depends on the user's model
@@ -195,7 +218,7 @@ def analyse(
     try:
         model.eval()
         with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+            _shape_prop(gm, inputs, fake)
     finally:
         for m, t in was_training.items():
             m.training = t

@@ -459,10 +459,10 @@ class MultiTaskPruner:
                 comps.setdefault(find(g), []).append(g)
         return [comps[k] for k in sorted(comps)]
 
-    def _chunks(self, comp: List[int], gscore: Tensor, counts: Dict[str, int]):
+    def _chunks(self, comp: List[int], gscore: List[float], counts: Dict[str, int]):
         """The component's groups, lowest score first, in chunks that keep the counts rounded."""
-        order = sorted(comp, key=lambda g: (float(gscore[g]), g))
-        order = [g for g in order if math.isfinite(float(gscore[g]))]
+        order = sorted(comp, key=lambda g: (gscore[g], g))
+        order = [g for g in order if math.isfinite(gscore[g])]
         k = self.round_to or 1
         ref = self.an.group_members[comp[0]][0][0]
         first = counts[ref] % k or k
@@ -492,14 +492,15 @@ class MultiTaskPruner:
             gscore = self.group_scores()
         counts = self.layer_channels()
         comps = self._components(self._alive)
-        chunk_lists = [self._chunks(c, gscore, counts) for c in comps]
+        gl = gscore.tolist()
+        chunk_lists = [self._chunks(c, gl, counts) for c in comps]
         removed: Dict[str, int] = {}
         picked: List[int] = []
         if self.ranking == "global":
             cands = []
             for ci, chunks in enumerate(chunk_lists):
                 for k, ch in enumerate(chunks):
-                    sc = float(torch.stack([gscore[g] for g in ch]).mean())
+                    sc = math.fsum(gl[g] for g in ch) / len(ch)
                     cands.append((sc, ci, k, ch))
             cands.sort(key=lambda c: (c[0], c[1], c[2]))
             blocked = set()
