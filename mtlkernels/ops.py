@@ -275,7 +275,9 @@ def channel_contrib(activation: Tensor, grad: Tensor, *, backend: str = "auto") 
 
 
 # ----------------------------------------------------------------------------------- gather
-def _check_index(idx, x: Tensor, dim: int, name: str, check_values: bool) -> Optional[Tensor]:
+def _check_index(idx, x: Tensor, dim: int, name: str, check_values: bool, checked: Optional[dict] = None) -> Optional[Tensor]:
+    """Validates one index for ``x.shape[dim]``; ``checked`` memoises (index, size) pairs already
+    verified in this call, so an index shared by many tensors costs one device sync, not many."""
     if idx is None:
         return None
     if not isinstance(idx, Tensor):
@@ -290,13 +292,16 @@ def _check_index(idx, x: Tensor, dim: int, name: str, check_values: bool) -> Opt
         raise ValueError(f"{name} is on {idx.device} but its tensor is on {x.device}")
     if idx.numel() == 0:
         raise ValueError(f"{name} is empty: at least one channel must be kept")
-    if check_values:
+    key = (id(idx), idx._version, x.shape[dim])
+    if check_values and (checked is None or key not in checked):
         lo, hi = int(idx.min()), int(idx.max())
         size = x.shape[dim]
         if lo < 0 or hi >= size:
             raise ValueError(f"{name} holds indices in [{lo}, {hi}], out of range for dim {dim} of size {size}")
         if torch.unique(idx).numel() != idx.numel():
             raise ValueError(f"{name} has repeated indices: each kept channel must appear once")
+        if checked is not None:
+            checked[key] = idx
     return idx.to(torch.int64).contiguous()
 
 
@@ -337,6 +342,7 @@ def gather_many(
     od = _per_tensor(out_dims, n, "out_dims")
     id_ = _per_tensor(in_dims, n, "in_dims")
     xs, i1s, i2s, d1s, d2s = [], [], [], [], []
+    checked: dict = {}
     for k, x in enumerate(tensors):
         _check_tensor(x, f"tensors[{k}]")
         if x.numel() == 0:
@@ -354,17 +360,14 @@ def gather_many(
             dims.append(d % x.dim() if x.dim() else 0)
         if oi[k] is not None and ii[k] is not None and dims[0] == dims[1]:
             raise ValueError(f"out_dims[{k}] and in_dims[{k}] are both {dims[0]}: give two different dims")
-        i1 = _check_index(oi[k], x, dims[0], f"out_idx[{k}]" if n > 1 else "out_idx", check_indices)
-        i2 = _check_index(ii[k], x, dims[1], f"in_idx[{k}]" if n > 1 else "in_idx", check_indices)
+        i1 = _check_index(oi[k], x, dims[0], f"out_idx[{k}]" if n > 1 else "out_idx", check_indices, checked)
+        i2 = _check_index(ii[k], x, dims[1], f"in_idx[{k}]" if n > 1 else "in_idx", check_indices, checked)
         xs.append(x)
         i1s.append(i1)
         i2s.append(i2)
         d1s.append(dims[0])
         d2s.append(dims[1])
     device = xs[0].device
-    for k, x in enumerate(xs):
-        if x.device != device:
-            raise ValueError(f"all tensors must be on one device: tensors[0] is on {device}, tensors[{k}] on {x.device}")
     # The gather is a copy: the kernels move elements of 1, 2, 4 or 8 bytes, whatever their dtype.
     kernel_ok = all(x.element_size() in (1, 2, 4, 8) and not x.is_complex() for x in xs)
     allow = _backend.BACKENDS if kernel_ok else ("reference",)
