@@ -186,7 +186,7 @@ def render_scenes(seeds: np.ndarray, size: int = 64, shadows: bool = True) -> Di
 
     Returns numpy arrays: ``image`` uint8 [B,3,H,W], ``seg`` uint8 [B,H,W] (labels of
     :data:`CLASSES`), ``depth`` float32 [B,H,W] (metres, z-depth), ``normal`` float32 [B,3,H,W]
-    (unit, camera frame).
+    (unit, camera frame), ``fov`` float32 [B] (horizontal = vertical field of view, radians).
     """
     seeds = np.asarray(seeds)
     B, S = len(seeds), int(size)
@@ -280,6 +280,7 @@ def render_scenes(seeds: np.ndarray, size: int = 64, shadows: bool = True) -> Di
         "seg": cls.reshape(B, S, S).to(torch.uint8).numpy(),
         "depth": depth.reshape(B, S, S).float().numpy(),
         "normal": n_cam.reshape(B, S, S, 3).permute(0, 3, 1, 2).contiguous().numpy(),
+        "fov": p["fov"].numpy(),
     }
 
 

@@ -1,0 +1,180 @@
+"""Training, evaluation, latency and checkpoint helpers of the study."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from .. import metrics as M
+from ..data import MultiTaskDataset, build_dataset
+from ..models import build_model
+from .config import StudyConfig
+
+__all__ = [
+    "atomic_torch_save", "load_datasets", "constructor", "batch_at", "train_steps", "evaluate",
+    "latency_ms", "backbone_filters", "make_optimizer", "head_conv_names",
+]
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_datasets(cfg: StudyConfig, out: Path, progress: bool = True) -> Dict[str, MultiTaskDataset]:
+    cache = cfg.data_cache or str(out / "data")
+    ds = {}
+    for split, n in (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)):
+        if cfg.dataset == "procedural" and n <= 0:
+            continue
+        ds[split] = build_dataset(cfg.dataset, split, n=n, size=cfg.image_size, seed=cfg.seed,
+                                  root=cfg.data_root, cache_dir=cache, progress=progress)
+    return ds
+
+
+def constructor(cfg: StudyConfig, num_classes: int) -> Callable[[], nn.Module]:
+    """Zero-argument constructor of the unpruned model (for ``load_pruned`` / ``resume``)."""
+    kw = cfg.model_kwargs(num_classes)
+
+    def make() -> nn.Module:
+        return build_model(cfg.model, **kw)
+
+    return make
+
+
+def head_conv_names(model: nn.Module) -> list:
+    """Every conv of the task heads: the study prunes the shared backbone only (as the paper)."""
+    return [n for n, m in model.named_modules() if n.startswith("heads.") and isinstance(m, nn.Conv2d)]
+
+
+def backbone_filters(model: nn.Module) -> int:
+    """Output channels of the backbone's convs (the filters the pruning targets count)."""
+    return sum(m.out_channels for n, m in model.named_modules()
+               if n.startswith("backbone.") and isinstance(m, nn.Conv2d))
+
+
+def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def batch_at(ds: MultiTaskDataset, step: int, batch_size: int, seed: int, stream: int,
+             flip: bool, device) -> Dict[str, torch.Tensor]:
+    """The minibatch of training step ``step``: a pure function of (seed, stream, step), so a resumed
+    run sees exactly the batches an uninterrupted one would."""
+    g = torch.Generator().manual_seed((seed * 1000003 + stream * 7919 + step) % (2 ** 62))
+    idx = torch.randint(0, len(ds), (batch_size,), generator=g)
+    b = ds.get(idx)
+    if flip:
+        m = torch.rand(batch_size, generator=g) < 0.5
+        if m.any():
+            for k in ("image", "seg", "depth", "normal"):
+                b[k][m] = b[k][m].flip(-1)
+            b["normal"][m, 0] = -b["normal"][m, 0]
+    return {k: v.to(device, non_blocking=True) for k, v in b.items()}
+
+
+def cosine_lr(base: float, step: int, total: int, floor: float = 0.05) -> float:
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1))))
+
+
+def train_steps(model: nn.Module, opt: torch.optim.Optimizer, ds: MultiTaskDataset, cfg: StudyConfig, *,
+                start: int, stop: int, total: int, stream: int, base_lr: float, schedule: str = "cosine",
+                on_checkpoint: Optional[Callable[[int], None]] = None, desc: str = "train",
+                progress: bool = True) -> Dict[str, float]:
+    """Train steps ``start..stop-1`` (of a run of ``total``) with the summed task losses.
+
+    Calls ``on_checkpoint(step)`` every ``cfg.ckpt_every`` steps and at the end. Returns the mean
+    task losses of the last 50 steps.
+    """
+    from tqdm import tqdm
+
+    model.train()
+    recent: Dict[str, list] = {}
+    bar = tqdm(range(start, stop), desc=desc, unit="step", leave=False, disable=not progress,
+               initial=0, total=stop - start, dynamic_ncols=True)
+    for step in bar:
+        lr = cosine_lr(base_lr, step, total) if schedule == "cosine" else base_lr
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        b = batch_at(ds, step, cfg.batch_size, cfg.seed, stream, cfg.flip, cfg.device)
+        losses = M.task_losses(model(b["image"]), b)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for t, v in losses.items():
+            recent.setdefault(t, []).append(v.item())
+            recent[t] = recent[t][-50:]
+        if progress and step % 10 == 0:
+            bar.set_postfix({t: f"{sum(v) / len(v):.3f}" for t, v in recent.items()})
+        if on_checkpoint is not None and ((step + 1) % cfg.ckpt_every == 0 and step + 1 < stop):
+            on_checkpoint(step + 1)
+    if on_checkpoint is not None:
+        on_checkpoint(stop)
+    return {t: sum(v) / len(v) for t, v in recent.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: MultiTaskDataset, cfg: StudyConfig, *, progress: bool = True,
+             desc: str = "eval", outputs_fn: Optional[Callable] = None) -> Dict[str, Dict[str, float]]:
+    """Per-task metrics on ``ds`` (model in eval mode). ``outputs_fn(batch)`` replaces the model
+    (used for the trivial predictors)."""
+    from tqdm import tqdm
+
+    was = model.training if model is not None else False
+    if model is not None:
+        model.eval()
+    ev = M.Evaluator(["seg", "depth", "normal"], ds.num_classes)
+    n = len(ds)
+    for a in tqdm(range(0, n, cfg.eval_batch), desc=desc, unit="batch", leave=False, disable=not progress):
+        b = {k: v.to(cfg.device) for k, v in ds.get(slice(a, a + cfg.eval_batch)).items()}
+        out = outputs_fn(b) if outputs_fn is not None else model(b["image"])
+        ev.update({k: v.float() for k, v in out.items()}, b)
+    if model is not None:
+        model.train(was)
+    return ev.compute()
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10, warmup: int = 3) -> float:
+    """Median wall time (ms) of one forward of ``example`` (eval mode, no grad, device synced)."""
+    was = model.training
+    model.eval()
+    dev = example.device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        model(example)
+    sync()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        model(example)
+        sync()
+        times.append(time.perf_counter() - t0)
+    model.train(was)
+    times.sort()
+    return 1000.0 * times[len(times) // 2]
