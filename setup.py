@@ -34,7 +34,7 @@ def build_config():
         _flag("FORCE_CUDA") or (torch_cuda and torch.cuda.is_available()) or torch_cuda
     )
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fopenmp", "-std=c++17"]
+    cxx += ["-fopenmp"]  # the C++ standard is the one torch.utils.cpp_extension chooses
     if not debug and not _flag("MTL_PORTABLE"):
         cxx += ["-march=native"]
     srcs = ["csrc/mtlkernels.cpp", "csrc/common/tables.cpp"] + sources("csrc/*/cpu/*.cpp")
@@ -44,7 +44,7 @@ def build_config():
         srcs += sources("csrc/*/cuda/*.cpp") + sources("csrc/*/cuda/*.cu")
         macros.append(("MTL_WITH_CUDA", None))
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
-        nvcc = ["-O3" if not debug else "-G", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = ["-O3" if not debug else "-G", "--expt-relaxed-constexpr", "-lineinfo"]
         if not archs:  # sm_80 and sm_90 (A100, H100/H200), like the CI compile check
             nvcc += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
         extra["nvcc"] = nvcc

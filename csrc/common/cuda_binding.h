@@ -2,8 +2,8 @@
 // table to the device on the current stream.
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/types.h>
 
 #include "mtlkernels/cuda_launch.h"
@@ -17,6 +17,14 @@ inline cuda::DType cuda_dtype(at::ScalarType t) {
     case at::kBFloat16: return cuda::DType::kBFloat16;
     default: TORCH_CHECK(false, "mtlkernels CUDA kernels take float32, float16 or bfloat16, got ", t);
   }
+}
+
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+inline int multiprocessor_count(const at::Device& device) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
+  return sms;
 }
 
 inline void check_launch(cudaError_t err, const char* what) {

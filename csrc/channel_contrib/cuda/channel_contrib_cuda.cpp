@@ -15,13 +15,13 @@ at::Tensor channel_contrib_cuda(const at::Tensor& a, const at::Tensor& d) {
   const int64_t sa[3] = {a.stride(0), a.stride(1), a.stride(2)};
   const int64_t sd[3] = {d.stride(0), d.stride(1), d.stride(2)};
   const bool spatial_major = S > 1 && sa[2] == 1 && sd[2] == 1;
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int sms = multiprocessor_count(a.device());
   const int splits = cuda::channel_contrib_splits(N, C, S, spatial_major, sms);
   at::Tensor partial = at::empty({splits, C}, a.options().dtype(at::kFloat));
   check_launch(cuda::launch_channel_contrib(a.const_data_ptr(), d.const_data_ptr(),
                                             cuda_dtype(a.scalar_type()), N, C, S, sa, sd,
                                             partial.data_ptr<float>(), splits,
-                                            at::cuda::getCurrentCUDAStream()),
+                                            current_stream()),
                "channel_contrib kernel launch");
   return splits == 1 ? partial.view({C}) : partial.sum(0);
 }

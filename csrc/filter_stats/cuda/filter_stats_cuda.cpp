@@ -19,7 +19,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> filter_st
   auto outs = alloc_filter_stats(rows, T, w0.options());
   check_launch(cuda::launch_filter_stats(table.data_ptr<int64_t>(), weights.size(), T, rows,
                                          cuda_dtype(w0.scalar_type()), filter_stats_out(outs),
-                                         at::cuda::getCurrentCUDAStream()),
+                                         current_stream()),
                "filter_stats kernel launch");
   return {outs[0], outs[1], outs[2], outs[3], outs[4]};
 }

@@ -1,6 +1,8 @@
 // Thin CUDA binding of mtlkernels::gather: validate, build the tensor and block tables, launch.
 #include <torch/library.h>
 
+#include <cstring>
+
 #include "../../common/cuda_binding.h"
 #include "../../common/tables.h"
 
@@ -31,7 +33,7 @@ std::vector<at::Tensor> gather_cuda(const std::vector<at::Tensor>& xs,
   at::Tensor table = table_to_device(host, xs[0].device());
   const int64_t* d = table.data_ptr<int64_t>();
   check_launch(cuda::launch_gather(d, d + n * kGatherDescWords, n, blocks,
-                                   at::cuda::getCurrentCUDAStream()),
+                                   current_stream()),
                "gather kernel launch");
   return outs;
 }
