@@ -19,6 +19,14 @@ warnings.filterwarnings("ignore", category=RuntimeWarning)
 TASKS = ["a", "b", "c"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class Small(nn.Module):
     def __init__(self):
         super().__init__()
