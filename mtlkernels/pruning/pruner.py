@@ -42,7 +42,9 @@ __all__ = ["MultiTaskPruner", "PruneReport", "GRAD_CRITERIA", "WEIGHT_CRITERIA",
 GRAD_CRITERIA = ("taylor", "taylor_sq", "cosine", "taylor_task_sum", "taylor_task_mean_norm",
                  "taylor_task_max", "taylor_task_min")
 #: criteria that need no gradients: ``prune`` may be called without ``accumulate``.
-WEIGHT_CRITERIA = ("l2", "l1", "random", "bn_scale")
+WEIGHT_CRITERIA = ("l2", "l1", "magnitude", "random", "bn_scale")
+#: driver-level names computed with another criteria-module formula (on other rows for bn_scale)
+_ALIASES = {"bn_scale": "l1", "magnitude": "l1"}
 PRUNER_CRITERIA = GRAD_CRITERIA + WEIGHT_CRITERIA
 LAYER_NORMS = ("none", "l2", "mean", "max")
 REDUCTIONS = ("sum", "mean", "max", "min")
@@ -96,7 +98,8 @@ class MultiTaskPruner:
         model: the network; ``forward(x)`` returns ``{task: output}`` (or a tuple / list).
         tasks: task names, in the order of the per-task statistics.
         criterion: one of :data:`PRUNER_CRITERIA` (``mtlkernels.criteria.CRITERIA`` plus
-            ``"bn_scale"``: ``|gamma|`` of the BatchNorm members of a group).
+            ``"bn_scale"``: ``|gamma|`` of the BatchNorm members of a group, and ``"magnitude"``:
+            an alias of ``"l1"``, the filter's L1 norm as in Li et al. 2017).
         example_inputs: a batch (tensor or tuple of tensors) used to trace shapes and count FLOPs.
         optimizer: optional; its per-parameter state is compacted with the model.
         exclude: module names whose output channels are never pruned (their input channels still
@@ -361,7 +364,7 @@ class MultiTaskPruner:
 
     def _score(self, weights: List[Tensor], wgrads: List[Tensor]) -> Tensor:
         stats = _ops.filter_stats_many(weights, wgrads, backend=self.backend, names=self._scored)
-        crit = "l1" if self.criterion == "bn_scale" else self.criterion
+        crit = _ALIASES.get(self.criterion, self.criterion)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning) if len(self.tasks) > 1 else None
             s = _criteria.score(stats, crit, task_weights=self.task_weights, generator=self.generator)
@@ -386,7 +389,7 @@ class MultiTaskPruner:
             weights = [self._scored_weight(n).detach() for n in self._scored]
             grads = [torch.zeros((1,) + tuple(w.shape), dtype=w.dtype, device=w.device) for w in weights]
             stats = _ops.filter_stats_many(weights, grads, backend=self.backend)
-            crit = "l1" if self.criterion == "bn_scale" else self.criterion
+            crit = _ALIASES.get(self.criterion, self.criterion)
             acc, count = _criteria.score(stats, crit, generator=self.generator).to(torch.float64).cpu(), 1
         else:
             acc, count = self._acc.clone(), self.num_batches
@@ -900,6 +903,9 @@ class MultiTaskPruner:
         model = constructor()
         apply_architecture(model, ckpt["architecture"], ckpt["state_dict"])
         model.load_state_dict(ckpt["state_dict"])
+        ex = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        if isinstance(ex, Tensor):
+            model.to(ex.device)  # the optimizer must see the parameters on their final device
         opt = None
         if optimizer_fn is not None:
             opt = optimizer_fn(model.parameters())
