@@ -219,13 +219,13 @@ def _run(name, data, ckpt=None, stop_at=None, resume_from=None):
     else:
         pr = MultiTaskPruner.resume(resume_from, lambda: MODELS[name](), optimizer_fn=opt_fn, **kw)
         m, opt = pr.model, pr.optimizer
-        start = 3
+        start = pr.extra["step"] + 1
     for i in range(start, 5):
         train_steps(m, pr, opt, data[i:i + 1])
         if i in (1, 3):
             pr.prune(4)
         if ckpt is not None and i == 2:
-            pr.save(ckpt)
+            pr.save(ckpt, extra={"step": i})
     return pr, eval_out(m, data[0][0])
 
 

@@ -1,5 +1,7 @@
-"""Two processes on the gloo backend (CPU): every rank sees different data, the accumulated scores
-are all-reduced before ranking, so all ranks prune the same channels and end with equal models."""
+"""Two processes on the gloo backend (CPU), the model wrapped in DistributedDataParallel: every
+rank sees different data, the accumulated scores are all-reduced before ranking, so all ranks prune
+the same channels; DDP is re-wrapped after the compaction and training continues with equal
+replicas."""
 from __future__ import annotations
 
 import os
@@ -11,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -35,20 +38,23 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
             crit = "cosine" if name != "aspp" else "taylor"
             pr = MultiTaskPruner(m, TASKS, crit, example_inputs=data[0][0], optimizer=opt, min_channels=2)
+            ddp = DDP(m)
             for x, y in data:
                 opt.zero_grad()
-                pr.accumulate(task_losses(m(x), y))
-                # DDP would average gradients; do it by hand so the replicas stay equal
-                for p in m.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= WORLD
+                # accumulate averages the gradients across ranks itself (sync_grads="auto"):
+                # its autograd.grad calls bypass DDP's reducer
+                pr.accumulate(task_losses(ddp(x), y))
                 opt.step()
             local = pr._acc / pr.num_batches
             reduced = pr.scores()
             locals_ = [torch.zeros_like(local) for _ in range(WORLD)]
             dist.all_gather(locals_, local)
             rep = pr.prune(6)
+            ddp = DDP(m)  # re-wrap after a compaction (new parameters)
+            x, y = data[0]
+            opt.zero_grad()
+            pr.accumulate(task_losses(ddp(x), y))
+            opt.step()
             results[name] = {
                 "local_differs": not torch.allclose(locals_[0], locals_[1]),
                 "reduced_is_mean": torch.allclose(reduced, sum(locals_) / WORLD),

@@ -122,6 +122,11 @@ class MultiTaskPruner:
         grad_mode: ``"loop"`` (T ``autograd.grad`` calls, ``retain_graph``) or ``"batched"`` (one
             ``is_grads_batched`` call; falls back to the loop if the graph does not support it).
         backend: backend of the mtlkernels ops.
+        warn_unsupported: warn (once) about the layers/ops the analysis leaves unpruned.
+        sync_grads: ``"auto"`` (default): when ``torch.distributed`` is initialised with more than
+            one rank, the gradient ``accumulate`` leaves in ``p.grad`` is averaged across ranks (one
+            coalesced all_reduce), since its ``autograd.grad`` calls bypass DDP's reducer;
+            ``True`` / ``False`` force it on / off.
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class MultiTaskPruner:
         grad_mode: str = "loop",
         backend: str = "auto",
         warn_unsupported: bool = True,
+        sync_grads: Union[str, bool] = "auto",
     ) -> None:
         if criterion not in PRUNER_CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r}; valid: {', '.join(PRUNER_CRITERIA)}")
@@ -200,6 +206,7 @@ class MultiTaskPruner:
         self.grad_mode = grad_mode
         self.backend = backend
         self.warn_unsupported = warn_unsupported
+        self.sync_grads = sync_grads
         self.generator = torch.Generator().manual_seed(self.seed)
         self.history: List[Dict[str, Any]] = []
         self.num_batches = 0          # batches accumulated since the last prune
@@ -208,6 +215,7 @@ class MultiTaskPruner:
         self._acc: Optional[Tensor] = None
         self._batched_ok: Optional[bool] = None
         self._hooks: list = []
+        self.extra: Dict[str, Any] = {}
         self._analyse()
         # original channel numbering of every shrinkable layer
         self._orig = {n: torch.arange(i.out_groups.numel()) for n, i in self.an.layers.items()}
@@ -327,6 +335,7 @@ class MultiTaskPruner:
         grads = self._task_grads(loss_list, params, retain_graph)
         tw = self.task_weights or [1.0] * len(self.tasks)
         with torch.no_grad():
+            tots: List[Optional[Tensor]] = []
             for j, p in enumerate(params):
                 tot = None
                 for t in range(len(self.tasks)):
@@ -334,10 +343,14 @@ class MultiTaskPruner:
                     if g is None:
                         continue
                     tot = g * tw[t] if tot is None else tot.add_(g, alpha=tw[t])
+                if tot is not None and self.mode == "mask":
+                    tot = self._mask_tensor(p, tot)
+                tots.append(tot)
+            if self._sync_grads():
+                tots = self._allreduce_grads(params, tots)
+            for p, tot in zip(params, tots):
                 if tot is None:
                     continue
-                if self.mode == "mask":
-                    tot = self._mask_tensor(p, tot)
                 if p.grad is None:
                     p.grad = tot.detach()
                 else:
@@ -361,6 +374,30 @@ class MultiTaskPruner:
         s = self._score(weights, wgrads)
         self._acc_update(s)
         return s
+
+    def _sync_grads(self) -> bool:
+        if self.sync_grads == "auto":
+            return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        return bool(self.sync_grads)
+
+    def _allreduce_grads(self, params: List[Tensor], tots: List[Optional[Tensor]]) -> List[Optional[Tensor]]:
+        """Average the gradients of this call across ranks (one coalesced all_reduce per dtype and
+        device; a parameter without gradient on this rank contributes zeros)."""
+        world = dist.get_world_size()
+        full = [torch.zeros_like(p) if t is None else t for p, t in zip(params, tots)]
+        buckets: Dict[Tuple[torch.dtype, torch.device], List[int]] = {}
+        for i, t in enumerate(full):
+            buckets.setdefault((t.dtype, t.device), []).append(i)
+        for idx in buckets.values():
+            flat = torch.cat([full[i].reshape(-1) for i in idx])
+            dist.all_reduce(flat)
+            flat /= world
+            off = 0
+            for i in idx:
+                n = full[i].numel()
+                full[i] = flat[off:off + n].view_as(full[i])
+                off += n
+        return full
 
     def _score(self, weights: List[Tensor], wgrads: List[Tensor]) -> Tensor:
         stats = _ops.filter_stats_many(weights, wgrads, backend=self.backend, names=self._scored)
@@ -829,6 +866,7 @@ class MultiTaskPruner:
             "layer_norm": self.layer_norm, "group_reduction": self.group_reduction,
             "score_accumulation": self.score_accumulation, "task_weights": self.task_weights,
             "mode": self.mode, "seed": self.seed, "grad_mode": self.grad_mode, "backend": self.backend,
+            "sync_grads": self.sync_grads,
         }
 
     def state_dict(self) -> Dict[str, Any]:
@@ -864,10 +902,13 @@ class MultiTaskPruner:
             self._build_masks()
             self.apply_masks()
 
-    def save(self, path, *, include_model: bool = True) -> None:
+    def save(self, path, *, include_model: bool = True, extra: Optional[Dict[str, Any]] = None) -> None:
         """Atomically write the pruner state (and, by default, the model's architecture and state
-        dict and the optimizer's state dict) to ``path`` (temporary file + ``os.replace``)."""
-        ckpt: Dict[str, Any] = {"format": "mtlkernels.pruner/1", "pruner": self.state_dict()}
+        dict and the optimizer's state dict) to ``path`` (temporary file + ``os.replace``).
+        ``extra`` (e.g. ``{"schedule": sched.state_dict(), "step": i}``) comes back as
+        ``pruner.extra`` after :meth:`resume` / :meth:`load`."""
+        ckpt: Dict[str, Any] = {"format": "mtlkernels.pruner/1", "pruner": self.state_dict(),
+                                "extra": extra or {}}
         if include_model:
             ckpt["architecture"] = architecture(self.model)
             ckpt["state_dict"] = self.model.state_dict()
@@ -887,6 +928,7 @@ class MultiTaskPruner:
         crit = cfg.pop("criterion")
         pr = cls(model, tasks, crit, example_inputs=example_inputs, optimizer=optimizer, **cfg)
         pr.load_state_dict(sd)
+        pr.extra = ckpt.get("extra", {})
         return pr
 
     @classmethod
@@ -918,4 +960,5 @@ class MultiTaskPruner:
         crit = cfg.pop("criterion")
         pr = cls(model, tasks, crit, example_inputs=example_inputs, optimizer=opt, **cfg)
         pr.load_state_dict(sd)
+        pr.extra = ckpt.get("extra", {})
         return pr
