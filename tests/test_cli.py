@@ -13,10 +13,10 @@ from mtlkernels import cli
 from mtlkernels.study import Study, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--image-size", "32", "--n-train", "12", "--n-test", "4", "--steps", "2", "--batch-size", "4",
-        "--targets", "0.5", "0.9", "--prune-every", "1", "--prune-amount", "150", "--ft-steps", "1",
-        "--latency-repeats", "1", "--no-progress", "--threads", "2"]
-TINY_CFG = dict(image_size=32, n_train=12, n_test=4, train_steps=3, batch_size=4, levels=[0.5, 0.9], prune_every=1,
+TINY = ["--image-size", "16", "--n-train", "8", "--n-test", "2", "--steps", "2", "--batch-size", "2",
+        "--targets", "0.5", "0.9", "--prune-every", "1", "--prune-amount", "300", "--ft-steps", "1",
+        "--latency-repeats", "1", "--no-progress"]
+TINY_CFG = dict(image_size=16, n_train=8, n_test=2, train_steps=3, batch_size=2, levels=[0.5], prune_every=1,
                 prune_amount=150, level_ft_steps=1, latency_repeats=1, ckpt_every=1)
 
 
@@ -64,7 +64,7 @@ def test_rerun_resumes_and_report_rebuilds(study_dir, capsys):
     assert (study_dir / "report.md").exists()
     # other checkpoint-defining settings in the same folder: a clear error
     with pytest.raises(SystemExit, match="other settings"):
-        cli.main(["train", "--out", str(study_dir)] + TINY[:-8] + ["--steps", "5", "--no-progress"])
+        cli.main(["train", "--out", str(study_dir)] + TINY + ["--steps", "5"])
 
 
 def test_errors(tmp_path):
@@ -111,14 +111,14 @@ def test_resume_is_exact(tmp_path, monkeypatch):
             st.train()
     assert torch.load(out / "baseline" / "ckpt.pt", weights_only=False)["step"] == 2
     with monkeypatch.context() as mp:
-        _interrupt_after(mp, runner, 2)  # stop inside the pruning stage, after 2 prune events
+        _interrupt_after(mp, runner, 1)  # stop inside the pruning stage, after its first prune event
         with pytest.raises(_Stop):
             st.prune("taylor")
     state = json.loads((out / "prune-taylor" / "state.json").read_text())
-    assert state["events"] == 2 and not state["done"]
+    assert state["events"] == 1 and not state["done"]
     st.run(["train", "prune"])
-    a = torch.load(tmp_path / "ref" / "prune-taylor" / "level1.pt", weights_only=False)
-    b = torch.load(out / "prune-taylor" / "level1.pt", weights_only=False)
+    a = torch.load(tmp_path / "ref" / "prune-taylor" / "level0.pt", weights_only=False)
+    b = torch.load(out / "prune-taylor" / "level0.pt", weights_only=False)
     assert a["architecture"] == b["architecture"]
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5)
