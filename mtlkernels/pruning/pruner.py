@@ -77,6 +77,13 @@ class PruneReport:
         return getattr(self, key)
 
 
+def _hit(groups: Tensor, flags: Tensor) -> Tensor:
+    """``flags[groups]`` where ``groups >= 0``, False where ``-1`` (never pruned)."""
+    if flags.numel() == 0:
+        return torch.zeros(groups.shape, dtype=torch.bool)
+    return (groups >= 0) & flags[groups.clamp_min(0)]
+
+
 def _param_attrs(kind: str) -> List[Tuple[str, str]]:
     """(attribute, role) of the tensors of a layer kind; role: 'w' (weight with out+in dims),
     'out' (1-D / per-channel along dim 0)."""
@@ -260,7 +267,7 @@ class MultiTaskPruner:
         for n, info in self.an.layers.items():
             if info.produces:
                 og = info.out_groups
-                dead = (og >= 0) & ~self._alive[og.clamp_min(0)]
+                dead = _hit(og, ~self._alive)
                 total += int(og.numel() - dead.sum())
         return total
 
@@ -269,7 +276,7 @@ class MultiTaskPruner:
         out = {}
         for n, info in self.an.layers.items():
             og = info.out_groups
-            dead = (og >= 0) & ~self._alive[og.clamp_min(0)]
+            dead = _hit(og, ~self._alive)
             out[n] = int(og.numel() - dead.sum())
         return out
 
@@ -355,8 +362,10 @@ class MultiTaskPruner:
                     p.grad = tot.detach()
                 else:
                     p.grad.add_(tot)
-        if not self._scored:
-            return torch.zeros(0)
+        if not self._scored:  # nothing prunable: count the batch all the same
+            s = torch.zeros(0, dtype=torch.float64)
+            self._acc_update(s)
+            return s
         index = {id(p): j for j, p in enumerate(params)}
         weights, wgrads = [], []
         for n in self._scored:
@@ -447,8 +456,9 @@ class MultiTaskPruner:
         rows = torch.nan_to_num(rows, nan=math.inf)  # a NaN score never gets a filter pruned
         if self.layer_norm != "none" and rows.numel():
             out = rows.clone()
+            live = _hit(self._row_groups, self._alive)
             for l in range(len(self._scored)):
-                sel = (self._row_layer == l) & (self._row_groups >= 0)
+                sel = (self._row_layer == l) & live  # prunable, not yet pruned (mask mode) rows
                 v = rows[sel]
                 v = v[torch.isfinite(v)]
                 if v.numel() == 0:
@@ -625,7 +635,7 @@ class MultiTaskPruner:
                              group_scores=[float(gscore[g]) for g in picked], batches=self.num_batches)
         for name, info in self.an.layers.items():
             og = info.out_groups
-            hit = (og >= 0) & pruned[og.clamp_min(0)]
+            hit = _hit(og, pruned)
             if hit.any():
                 idx = torch.nonzero(hit).flatten()
                 report.pruned_channels[name] = idx.tolist()
@@ -653,11 +663,11 @@ class MultiTaskPruner:
         keep_in: Dict[str, Optional[Tensor]] = {}
         for name, info in self.an.layers.items():
             og = info.out_groups
-            hit = (og >= 0) & pruned[og.clamp_min(0)]
+            hit = _hit(og, pruned)
             keep_out[name] = torch.nonzero(~hit).flatten() if hit.any() else None
             if info.in_groups is not None:
                 ig = info.in_groups
-                hit_in = (ig >= 0) & pruned[ig.clamp_min(0)]
+                hit_in = _hit(ig, pruned)
                 keep_in[name] = torch.nonzero(~hit_in).flatten() if hit_in.any() else None
             else:
                 keep_in[name] = None
@@ -757,11 +767,11 @@ class MultiTaskPruner:
         dead = ~self._alive
         for name, info in self.an.layers.items():
             og = info.out_groups
-            out_dead = (og >= 0) & dead[og.clamp_min(0)]
+            out_dead = _hit(og, dead)
             in_dead = None
             if info.in_groups is not None:
                 ig = info.in_groups
-                in_dead = (ig >= 0) & dead[ig.clamp_min(0)]
+                in_dead = _hit(ig, dead)
             if not out_dead.any() and (in_dead is None or not in_dead.any()):
                 continue
             mod = self._modules[name]
