@@ -60,7 +60,10 @@ def test_compact_equals_mask(name, data):
     m_m = copy.deepcopy(m_c)
     o_c = torch.optim.SGD(m_c.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     o_m = torch.optim.SGD(m_m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    kw = dict(example_inputs=x0, min_channels=2)
+    # per-layer normalisation and group reductions must agree between the modes too
+    extra = {"vgg": dict(layer_norm="mean"), "depthwise": dict(layer_norm="l2", group_reduction="mean"),
+             "aspp": dict(group_reduction="max")}.get(name, {})
+    kw = dict(example_inputs=x0, min_channels=2, **extra)
     p_c = MultiTaskPruner(m_c, TASKS, "cosine", optimizer=o_c, **kw)
     p_m = MultiTaskPruner(m_m, TASKS, "cosine", optimizer=o_m, mode="mask", **kw)
     for rnd, (a, b, n) in enumerate(((0, 2, 7), (2, 4, 5))):
@@ -214,7 +217,8 @@ def _run(name, data, ckpt=None, stop_at=None, resume_from=None):
         m = build(name)
         opt = opt_fn(m.parameters())
         pr = MultiTaskPruner(m, TASKS, CRIT[name], optimizer=opt, min_channels=2,
-                             score_accumulation=("ema", 0.5) if name == "vgg" else "mean", seed=3, **kw)
+                             score_accumulation=("ema", 0.5) if name == "vgg" else "mean", seed=3,
+                             mode="mask" if name == "depthwise" else "compact", **kw)
         start = 0
     else:
         pr = MultiTaskPruner.resume(resume_from, lambda: MODELS[name](), optimizer_fn=opt_fn, **kw)
@@ -239,12 +243,17 @@ def test_resume_identical(name, data, tmp_path):
     for t in TASKS:
         torch.testing.assert_close(out_a[t], out_b[t], rtol=0, atol=0)
     # state_dict / load_state_dict round trip on a live pruner
-    pr_c = MultiTaskPruner(pr_b.model, TASKS, CRIT[name], example_inputs=data[0][0], min_channels=2)
+    pr_c = MultiTaskPruner(pr_b.model, TASKS, CRIT[name], example_inputs=data[0][0], min_channels=2,
+                           mode=pr_a.mode)
     pr_c.load_state_dict(pr_a.state_dict())
     assert pr_c.history == pr_a.history and pr_c.total_batches == pr_a.total_batches
-    # a checkpoint of another architecture is refused
-    with pytest.raises(ValueError, match="another architecture"):
-        MultiTaskPruner.load(ckpt, pr_b.model, example_inputs=data[0][0])
+    assert pr_c.num_channels() == pr_a.num_channels()
+    if pr_a.mode == "compact":  # a checkpoint of another architecture is refused
+        with pytest.raises(ValueError, match="another architecture"):
+            MultiTaskPruner.load(ckpt, pr_b.model, example_inputs=data[0][0])
+    else:  # a mask-mode state does not fit a compact-mode pruner
+        with pytest.raises(ValueError, match="mode"):
+            MultiTaskPruner(pr_b.model, TASKS, "l1", example_inputs=data[0][0]).load_state_dict(pr_a.state_dict())
 
 
 def test_reinit_and_save_load(name, data, tmp_path):

@@ -174,7 +174,7 @@ def test_count_params_flops_per_task():
     assert set(c2) == set(TASKS)
 
 
-@pytest.mark.parametrize("kind", ["channels", "flops"])
+@pytest.mark.parametrize("kind", ["channels", "flops", "params"])
 def test_schedule_with_fine_tune(kind):
     data = make_data("vgg", n_batches=3)
     torch.manual_seed(0)
@@ -185,16 +185,21 @@ def test_schedule_with_fine_tune(kind):
     start_fl = total_params_flops(m, data[0][0])["flops"]
     if kind == "channels":
         sched = PruningSchedule(every=2, amount=6, target_channels=start_ch - 15)
-    else:
+    elif kind == "flops":
         sched = PruningSchedule(every=2, amount=6, target_flops=0.8)
+    else:
+        start_pa = total_params_flops(m, data[0][0])["params"]
+        sched = PruningSchedule(every=2, amount=6, target_params=start_pa - 2000)
     hist = fine_tune(m, data, task_losses, opt, steps=12, pruner=pr, schedule=sched)
     assert len(hist) == 12 and all(torch.isfinite(torch.tensor(hist)))
     assert sched.done
     if kind == "channels":
         assert pr.num_channels() <= start_ch - 15
         assert pr.history[-1]["requested"] <= 6
-    else:
+    elif kind == "flops":
         assert total_params_flops(m, data[0][0])["flops"] <= 0.8 * start_fl
+    else:
+        assert total_params_flops(m, data[0][0])["params"] <= start_pa - 2000
     assert len(pr.history) >= 2
 
 
@@ -223,3 +228,22 @@ def test_mtlkernels_models_vgg16_and_resnet():
             a, b = m(xs), mm(xs)
         for t in tasks:
             torch.testing.assert_close(a[t], b[t], rtol=1e-4, atol=1e-5)
+
+
+class Nothing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return {"seg": self.c(x), "depth": self.c(x) * 2, "normal": self.c(x) + 1}
+
+
+def test_nothing_prunable():
+    m = Nothing()
+    x = torch.randn(1, 3, 4, 4)
+    pr = MultiTaskPruner(m, TASKS, "taylor", example_inputs=x)
+    assert pr.prunable_channels() == 0 and pr.num_channels() == 2
+    pr.accumulate({k: v.sum() for k, v in m(x).items()})
+    with pytest.warns(UserWarning, match="only 0"):
+        assert pr.prune(3).pruned == 0

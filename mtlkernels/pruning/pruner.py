@@ -895,11 +895,17 @@ class MultiTaskPruner:
         }
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        saved_mode = sd.get("config", {}).get("mode", self.mode)
+        if saved_mode != self.mode:
+            raise ValueError(f"the pruner state was saved in mode {saved_mode!r}, this pruner is in mode {self.mode!r}")
         arch = architecture(self.model)
         if sd["architecture"] != arch:
             diff = [k for k in set(arch) | set(sd["architecture"]) if arch.get(k) != sd["architecture"].get(k)]
             raise ValueError("the pruner state was saved for another architecture; differing layers: "
                              + ", ".join(sorted(diff)[:10]))
+        if sd["alive"].numel() != self.an.num_groups:
+            raise ValueError(f"the pruner state has {sd['alive'].numel()} channel groups, this model "
+                             f"{self.an.num_groups} (another exclude list?)")
         self._acc = None if sd["acc"] is None else sd["acc"].clone()
         self.num_batches = int(sd["num_batches"])
         self.total_batches = int(sd["total_batches"])
