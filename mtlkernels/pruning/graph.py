@@ -214,6 +214,9 @@ def analyse(
             "(no data-dependent Python control flow); wrap untraceable parts in a leaf module."
         ) from exc
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    dev = next((p.device for p in model.parameters()), None)
+    if dev is not None:  # the model may have moved since the inputs were made
+        inputs = tuple(t.to(dev) if isinstance(t, torch.Tensor) and t.device != dev else t for t in inputs)
     was_training = {m: m.training for m in model.modules()}
     try:
         model.eval()

@@ -561,7 +561,8 @@ class MultiTaskPruner:
                     continue
                 need = self._fits(ch, counts, removed)
                 if need is None:
-                    blocked.add(ci)
+                    if self.round_to:  # later chunks of this layer set depend on this one
+                        blocked.add(ci)
                     continue
                 for name, c in need.items():
                     removed[name] = removed.get(name, 0) + c

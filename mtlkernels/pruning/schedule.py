@@ -21,8 +21,12 @@ def _outputs_by_task(out, tasks: Optional[Sequence[str]] = None) -> Dict[str, Te
     return {"0" if tasks is None else tasks[0]: out}
 
 
-def _as_args(example_inputs):
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+def _as_args(example_inputs, model: Optional[nn.Module] = None):
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    dev = next((p.device for p in model.parameters()), None) if model is not None else None
+    if dev is not None:
+        args = tuple(a.to(dev) if isinstance(a, Tensor) and a.device != dev else a for a in args)
+    return args
 
 
 def count_params_flops(model: nn.Module, example_inputs, tasks: Optional[Sequence[str]] = None
@@ -37,7 +41,7 @@ def count_params_flops(model: nn.Module, example_inputs, tasks: Optional[Sequenc
     tuple / list are named ``tasks`` (default ``"0"``, ``"1"``, ...). The model is run in eval mode
     (BN statistics untouched) and its training flags are restored.
     """
-    args = _as_args(example_inputs)
+    args = _as_args(example_inputs, model)
     flags = {m: m.training for m in model.modules()}
     params = [p for p in model.parameters()]
     req = [p.requires_grad for p in params]
@@ -78,7 +82,7 @@ def count_params_flops(model: nn.Module, example_inputs, tasks: Optional[Sequenc
 
 def total_params_flops(model: nn.Module, example_inputs) -> Dict[str, int]:
     """``{"params", "flops"}`` of the whole model (every parameter, one forward)."""
-    args = _as_args(example_inputs)
+    args = _as_args(example_inputs, model)
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
