@@ -247,3 +247,12 @@ def test_nothing_prunable():
     pr.accumulate({k: v.sum() for k, v in m(x).items()})
     with pytest.warns(UserWarning, match="only 0"):
         assert pr.prune(3).pruned == 0
+
+
+def test_unknown_names_refused():
+    with pytest.raises(ValueError, match="does not have"):
+        MultiTaskPruner(Nothing(), TASKS, "l1", example_inputs=torch.randn(1, 3, 4, 4), exclude=["nope"])
+    with pytest.raises(ValueError, match="does not have"):
+        MultiTaskPruner(Nothing(), TASKS, "l1", example_inputs=torch.randn(1, 3, 4, 4), min_channels={"x.y": 2})
+    with pytest.raises(ValueError, match="criterion"):
+        MultiTaskPruner(Nothing(), TASKS, "nope", example_inputs=torch.randn(1, 3, 4, 4))

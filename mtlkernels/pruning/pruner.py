@@ -214,6 +214,12 @@ class MultiTaskPruner:
         self.backend = backend
         self.warn_unsupported = warn_unsupported
         self.sync_grads = sync_grads
+        names = {n for n, _ in model.named_modules()}
+        bad = [n for n in self.exclude if n not in names]
+        if isinstance(self.min_channels, dict):
+            bad += [n for n in self.min_channels if n not in names]
+        if bad:
+            raise ValueError(f"exclude / min_channels name modules the model does not have: {bad}")
         self.generator = torch.Generator().manual_seed(self.seed)
         self.history: List[Dict[str, Any]] = []
         self.num_batches = 0          # batches accumulated since the last prune
