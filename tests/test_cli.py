@@ -134,3 +134,30 @@ def test_python_m_help():
     assert r.returncode == 0
     for c in ("train", "prune", "retrain", "study", "report"):
         assert c in r.stdout
+
+
+def _fake_run(c, s, li, level, params, dm):
+    return {"criterion": c, "strategy": s, "level": level, "level_index": li, "filters_removed_frac": level,
+            "params_total": params, "params": {t: params for t in ("seg", "depth", "normal")},
+            "flops": {t: 10 * params for t in ("seg", "depth", "normal")}, "backbone_filters": 100,
+            "latency_ms": 1.0, "metrics": {}, "delta_m": {"seg": dm, "depth": dm, "normal": dm, "all": dm}}
+
+
+def test_findings_from_numbers():
+    from mtlkernels.study.report import findings
+
+    levels, params = [0.5, 0.75, 0.95], [5000, 2000, 400]
+    it = {"taylor": [-1.0, -2.0, -30.0], "cosine": [-1.5, -2.5, -29.0]}
+    re_ = {"taylor": [-0.5, -1.5, -12.0], "cosine": [-0.8, -1.0, -11.0]}
+    runs = [_fake_run(c, "iterative", i, l, p, d) for c in it for i, (l, p, d) in enumerate(zip(levels, params, it[c]))]
+    runs += [_fake_run(c, "reinit", i, l, p, d) for c in re_ for i, (l, p, d) in enumerate(zip(levels, params, re_[c]))]
+    res = {"tasks": ["seg", "depth", "normal"], "runs": runs, "config": {"criteria": ["taylor", "cosine"]}}
+    f = findings(res)
+    assert f["f1"]["criteria"] == ["taylor", "cosine"] and f["f1"]["supported"]
+    assert f["f2"]["supported"] and f["f3"]["supported"]
+    # criteria far apart, no sharp final drop, reinit worse: every verdict flips
+    it2 = {"taylor": [-1.0, -10.0, -12.0], "cosine": [-20.0, -40.0, -60.0]}
+    runs = [_fake_run(c, "iterative", i, l, p, d) for c in it2 for i, (l, p, d) in enumerate(zip(levels, params, it2[c]))]
+    runs += [_fake_run(c, "reinit", i, l, p, d - 50) for c in it2 for i, (l, p, d) in enumerate(zip(levels, params, it2[c]))]
+    f = findings({"tasks": ["seg", "depth", "normal"], "runs": runs, "config": {"criteria": ["taylor", "cosine"]}})
+    assert not f["f1"]["supported"] and not f["f2"]["supported"] and not f["f3"]["supported"]

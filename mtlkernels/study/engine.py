@@ -49,8 +49,8 @@ def load_datasets(cfg: StudyConfig, out: Path, progress: bool = True) -> Dict[st
     cache = cfg.data_cache or str(out / "data")
     ds = {}
     for split, n in (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)):
-        if cfg.dataset == "procedural" and n <= 0:
-            continue
+        if n <= 0 and (cfg.dataset == "procedural" or split == "val"):
+            continue  # (NYUv2 has no separate val split in the usual layout: test reads val/)
         ds[split] = build_dataset(cfg.dataset, split, n=n, size=cfg.image_size, seed=cfg.seed,
                                   root=cfg.data_root, cache_dir=cache, progress=progress)
     return ds

@@ -34,7 +34,8 @@ def _runs(res, strategy: str, criterion: str) -> List[Dict[str, Any]]:
 
 
 def _criteria(res) -> List[str]:
-    seen: List[str] = []
+    present = {r["criterion"] for r in res["runs"]}
+    seen: List[str] = [c for c in res.get("config", {}).get("criteria", []) if c in present]
     for r in res["runs"]:
         if r["criterion"] not in seen:
             seen.append(r["criterion"])
