@@ -169,6 +169,19 @@ def test_count_params_flops_per_task():
     tot = total_params_flops(m, X)
     assert tot["params"] == sum(p.numel() for p in m.parameters())
     assert max(v["flops"] for v in c.values()) < tot["flops"]
+    # per task path = whole model minus the other tasks' heads (FLOPs of each head counted alone)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad():
+        m.eval()
+        f = m.layer2(m.layer1(m.stem(X)))
+        head = {}
+        for t in TASKS:
+            with FlopCounterMode(display=False) as fc:
+                m.heads[t](f)
+            head[t] = fc.get_total_flops()
+    for t in TASKS:
+        assert c[t]["flops"] == tot["flops"] - sum(head[u] for u in TASKS if u != t)
     # tuple outputs named by `tasks`
     c2 = count_params_flops(MODELS["aspp"](), X, tasks=TASKS)
     assert set(c2) == set(TASKS)
