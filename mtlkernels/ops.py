@@ -6,6 +6,9 @@ the same contract on the chosen backend: the pure-PyTorch :mod:`mtlkernels.refer
 ops ``torch.ops.mtlkernels.*`` of ``mtlkernels._C``, or the Triton ops of
 :mod:`mtlkernels.triton_ops`.
 
+The ops are not differentiable: they run under ``torch.no_grad()`` and their outputs never require
+grad, whatever the inputs do (statistics and compaction are outside the training graph).
+
 NaN and Inf in inputs are propagated to the outputs (the statistics of a filter with a NaN gradient
 are NaN), never silently turned into a score; the criteria and the driver decide what to do.
 """
@@ -160,6 +163,9 @@ def _split_grads(g: GradsArg, w: Tensor, name: str) -> List[Tensor]:
 
 
 # ----------------------------------------------------------------------------------- filter stats
+# The ops are not differentiable (statistics and compaction sit outside the training graph): every
+# backend runs under no_grad, so outputs never require grad, whatever the inputs do.
+@torch.no_grad()
 def _run_filter_stats(backend: str, weights: List[Tensor], grads: List[Tensor]):
     if backend == "reference":
         return reference.filter_stats(weights, grads)
@@ -261,7 +267,11 @@ def channel_contrib(activation: Tensor, grad: Tensor, *, backend: str = "auto") 
     if activation.numel() == 0:
         raise ValueError(f"activation is empty (shape {list(activation.shape)})")
     device, dtype = _common([("activation", activation), ("grad", grad)])
-    chosen = _resolve(backend, device, dtype)
+    return _run_channel_contrib(_resolve(backend, device, dtype), activation, grad)
+
+
+@torch.no_grad()
+def _run_channel_contrib(chosen: str, activation: Tensor, grad: Tensor) -> Tensor:
     if chosen == "reference":
         return reference.channel_contrib(activation, grad)
     # [N, C, S] views: NCHW and channels_last both flatten their spatial dims without a copy.
@@ -372,6 +382,11 @@ def gather_many(
     kernel_ok = all(x.element_size() in (1, 2, 4, 8) and not x.is_complex() for x in xs)
     allow = _backend.BACKENDS if kernel_ok else ("reference",)
     chosen = "reference" if (backend == "auto" and not kernel_ok) else _backend.resolve(backend, device, allow=allow)
+    return _run_gather(chosen, xs, i1s, i2s, d1s, d2s)
+
+
+@torch.no_grad()
+def _run_gather(chosen: str, xs, i1s, i2s, d1s, d2s) -> List[Tensor]:
     if chosen == "reference":
         return reference.gather(xs, i1s, i2s, d1s, d2s)
     xs = [x.contiguous() for x in xs]

@@ -247,3 +247,17 @@ def test_backend_auto_prefers_compiled():
 
     assert _backend.resolve("auto", torch.device("cpu")) == "cpu"
     assert "reference" in _backend.available_backends("cpu")
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [b for d, b in BACKENDS if d == "cpu"])
+def test_outputs_never_require_grad(backend):
+    """Weights and BN buffers that require grad must not make the statistics or the compacted
+    copies part of an autograd graph (the driver assigns them as new Parameters/buffers)."""
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    g = torch.randn(2, 4, 3, 3, 3)
+    assert not any(t.requires_grad for t in ops.filter_stats(w, g, backend=backend).tensors())
+    a = torch.randn(2, 4, 5, requires_grad=True)
+    assert not ops.channel_contrib(a, torch.randn(2, 4, 5), backend=backend).requires_grad
+    bn_mean = torch.randn(4)
+    outs = ops.gather_many([w, bn_mean], torch.tensor([2, 0]), None, backend=backend)
+    assert not any(o.requires_grad for o in outs)
