@@ -3,7 +3,7 @@
 Public API: :class:`MultiTaskPruner`, :class:`PruneReport`, :class:`PruningSchedule`,
 :func:`count_params_flops`, :func:`total_params_flops`, :func:`save_pruned`,
 :func:`load_pruned`, :func:`fine_tune`, :func:`analyse` (the channel-dependency analysis).
-See ``mtlkernels/pruning/README_SECTION.md``.
+See the README section "Pruning driver".
 """
 from .graph import Analysis, LayerInfo, analyse
 from .io import architecture, apply_architecture, atomic_save, load_pruned, save_pruned
