@@ -47,7 +47,7 @@ class StudyConfig:
     # evaluation
     eval_batch: int = 100
     latency_batch: int = 1
-    latency_repeats: int = 10
+    latency_repeats: int = 20
     # misc
     seed: int = 0
     device: str = "cpu"

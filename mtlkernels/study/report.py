@@ -330,10 +330,20 @@ def make_report(res, out: Path) -> str:
              "at this scale; the verdicts' tolerances are stated above, rerun with other `--seed`s before trusting "
              "a close call.")
     if cfg["dataset"] == "procedural":
-        L.append("- Procedural scenes and a 1/8-width network stand in for NYUv2 and VGG16; the `paper` preset runs "
-                 "the paper's scale.")
+        L.append(f"- Procedural scenes and a x{cfg['width']}-width {cfg['model']} stand in for NYUv2 and the full "
+                 "VGG16; the `paper` preset runs the paper's scale.")
     L.append("- Re-initialised models are trained for the baseline's step budget; iterative models get the "
              "baseline's training plus the pruning-stage steps.")
+    L.append("- Latency is the median of a few single forwards at the stated batch size on the stated device; on a "
+             "shared CPU it is noisy, and pruned layers with odd channel counts can be no faster than wider ones "
+             "(the driver's `round_to` keeps counts at multiples of 8/16).")
+    same = {}
+    for r in res["runs"]:
+        if r["level_index"] == max(q["level_index"] for q in res["runs"]):
+            same.setdefault(r["strategy"], set()).add(r["params_total"])
+    if res["runs"] and all(len(v) == 1 for v in same.values()) and len(_criteria(res)) > 1:
+        L.append(f"- At the last level every criterion leaves the same architecture (each layer at its minimum of "
+                 f"{cfg['min_channels']} filters), so the criteria cannot differ there by construction.")
     L.append("\n## Figures\n")
     for t in tasks + ["delta_m"]:
         L.append(f"![{t}](fig_{t}.png)")
