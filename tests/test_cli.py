@@ -15,7 +15,7 @@ from mtlkernels.study import Study, make_config
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "16", "--n-train", "8", "--n-test", "2", "--steps", "2", "--batch-size", "2",
         "--targets", "0.5", "0.9", "--prune-every", "1", "--prune-amount", "300", "--ft-steps", "1",
-        "--latency-repeats", "1", "--no-progress"]
+        "--latency-repeats", "1", "--no-progress", "--threads", "1"]  # 1 thread: far faster for tiny models
 TINY_CFG = dict(image_size=16, n_train=8, n_test=2, train_steps=3, batch_size=2, levels=[0.5], prune_every=1,
                 prune_amount=150, level_ft_steps=1, latency_repeats=1, ckpt_every=1)
 

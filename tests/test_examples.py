@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(script, *args, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="2")
+               OMP_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)  # the Triton interpreter on CPU takes minutes on a whole network
     r = subprocess.run([sys.executable, str(ROOT / "python" / script), *map(str, args)], capture_output=True,
                        text=True, env=env, cwd=ROOT, timeout=timeout)
