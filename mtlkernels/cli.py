@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--device", help="cpu, cuda, cuda:1 ... [preset's]")
         g.add_argument("--seed", type=int, help="seed of data, init and sampling [0]")
         g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-        g.add_argument("--threads", type=int, help="torch CPU threads")
+        g.add_argument("--threads", type=int, help="torch intra-op CPU threads [demo on CPU: 1; else torch's default]")
         g = sp.add_argument_group("model and data")
         g.add_argument("--model", choices=["vgg16", "resnet18", "resnet34"])
         g.add_argument("--width", type=float, help="channel width multiplier")
@@ -108,9 +108,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = _config(args)
+    threads = args.threads
+    if threads is None and cfg.preset == "demo" and cfg.device == "cpu":
+        # the demo's small (and pruned, odd-width) convs gain little from intra-op threads, and on a
+        # machine shared with other work 2+ threads can be 10x slower (threads waiting on each other)
+        threads = 1
+    if threads:
+        torch.set_num_threads(threads)
     from .study import Study, write_all
 
     t0 = time.perf_counter()

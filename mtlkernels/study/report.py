@@ -269,7 +269,8 @@ def make_report(res, out: Path) -> str:
             L.append("Baseline vs trivial (delta_m, sign-corrected mean relative change): " + ", ".join(better) + ".")
         L.append(f"\nBaseline: {base['params_total']:,} parameters, {base['flops']['seg']:,} FLOPs per image "
                  f"(seg path), {base['backbone_filters']} backbone filters, latency {base['latency_ms']:.2f} ms "
-                 f"(batch {cfg['latency_batch']}, {base.get('latency_device', cfg['device'])}).\n")
+                 f"(batch {cfg['latency_batch']}, {base.get('latency_device', cfg['device'])}, "
+                 f"{base.get('cpu_threads', '?')} CPU thread(s)); baseline training took {base.get('train_seconds', 0):.0f}s.\n")
     if res["runs"]:
         L.append("## Results per level\n")
         L.append("delta_m: mean relative change of the task's metrics against the unpruned baseline, sign-corrected "

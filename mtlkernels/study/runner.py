@@ -62,7 +62,8 @@ class Study:
         self.make = constructor(cfg, self.num_classes)
         self.example = self.ds["test"].get(slice(0, 1))["image"].to(self.device)
         self.log(f"[data] {cfg.dataset}: " + ", ".join(f"{k} {len(v)}" for k, v in self.ds.items())
-                 + f" samples of {tuple(self.ds['train'].size)} in {time.perf_counter() - t0:.1f}s")
+                 + f" samples of {tuple(self.ds['train'].size)} in {time.perf_counter() - t0:.1f}s; "
+                 f"device {self.device}, {torch.get_num_threads()} CPU thread(s)")
 
     # ------------------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -88,6 +89,7 @@ class Study:
             "backbone_filters": backbone_filters(model),
             "latency_ms": latency_ms(model, lat_x, self.cfg.latency_repeats),
             "latency_device": str(self.device),
+            "cpu_threads": torch.get_num_threads(),
         }
 
     def _read_json(self, path: Path):
