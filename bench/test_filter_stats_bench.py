@@ -1,14 +1,14 @@
 """CPU benchmark of the multi-layer filter statistics (pytest-benchmark).
 
 Providers, measured in one run: the machine's read bandwidth (a torch.sum over as many bytes as the
-op reads: the ceiling), the straightforward PyTorch version, the vectorised PyTorch reference, and
-the C++ kernel. Run: ``python -m pytest bench/test_filter_stats_bench.py --benchmark-only``.
+op reads: the ceiling), the straightforward PyTorch version (per-pair cosine loops), the readable
+reference (einsum), a well-vectorised PyTorch version (bmm per layer), and the C++ kernel. Run: ``python -m pytest bench/test_filter_stats_bench.py --benchmark-only``.
 """
 import pytest
 import torch
 
 from mtlkernels import ops
-from baselines import straightforward, vectorised
+from baselines import reference_impl, straightforward, vectorised
 from shapes import NETWORKS, numel
 
 CASES = [("vgg16", 3), ("vgg16", 8), ("resnet50", 3), ("resnet50", 8)]
@@ -23,10 +23,10 @@ def make(net, T, seed=0):
 
 
 @pytest.mark.parametrize("net,T", CASES)
-@pytest.mark.parametrize("provider", ["bandwidth", "straightforward", "vectorised", "cpu"])
+@pytest.mark.parametrize("provider", ["bandwidth", "straightforward", "reference", "vectorised", "cpu"])
 def test_filter_stats(benchmark, net, T, provider):
-    if provider == "straightforward" and T == 8:
-        pytest.skip("28 task pairs per layer: minutes per round")
+    if provider in ("straightforward", "reference") and T == 8:
+        pytest.skip("slow (seconds per round); T=3 shows the gap")
     ws, gs = make(net, T)
     flat_g = [g for G in gs for g in G.unbind(0)]
     nbytes = (T + 1) * numel(NETWORKS[net]()) * 4
@@ -39,6 +39,8 @@ def test_filter_stats(benchmark, net, T, provider):
         fn = lambda: straightforward(ws, flat_g)  # noqa: E731
     elif provider == "vectorised":
         fn = lambda: vectorised(ws, flat_g)  # noqa: E731
+    elif provider == "reference":
+        fn = lambda: reference_impl(ws, flat_g)  # noqa: E731
     else:
         fn = lambda: ops.filter_stats_many(ws, gs, backend="cpu")  # noqa: E731
     benchmark.pedantic(fn, rounds=5 if provider != "straightforward" else 2, warmup_rounds=1)
