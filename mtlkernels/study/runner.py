@@ -223,11 +223,19 @@ class Study:
                     pruner.accumulate(losses)
                     opt.step()
                     state["step"] += 1
-                n = min(cfg.prune_amount, targets[li] - removed)
+                # prune_amount and the targets count backbone filters; a channel group may hold several
+                # coupled filters (residual additions), so convert with the measured filters per group
+                per_group = state.get("filters_per_group", 1.0)
+                n = max(1, int(min(cfg.prune_amount, targets[li] - removed) / per_group))
                 rep = pruner.prune(n)
                 state["events"] += 1
                 if rep.pruned == 0:  # the minimum-channel rules forbid more
                     state["stuck"] = True
+                else:
+                    removed_before = removed
+                    gone = (f0 - backbone_filters(model)) - removed_before
+                    if gone > 0:
+                        state["filters_per_group"] = max(1.0, gone / rep.pruned)
                 bar.update(f0 - backbone_filters(model) - bar.n)
                 state["seconds"] = time.perf_counter() - t0
                 checkpoint()
