@@ -161,3 +161,16 @@ def test_findings_from_numbers():
     runs += [_fake_run(c, "reinit", i, l, p, d - 50) for c in it2 for i, (l, p, d) in enumerate(zip(levels, params, it2[c]))]
     f = findings({"tasks": ["seg", "depth", "normal"], "runs": runs, "config": {"criteria": ["taylor", "cosine"]}})
     assert not f["f1"]["supported"] and not f["f2"]["supported"] and not f["f3"]["supported"]
+
+
+def test_train_on_nyuv2_layout(tmp_path):
+    from test_data import _write_nyu
+
+    _write_nyu(tmp_path / "nyu", "train", 3, h=32, w=32)
+    _write_nyu(tmp_path / "nyu", "val", 2, h=32, w=32)
+    out = tmp_path / "o"
+    assert cli.main(["train", "--out", str(out), "--data", "nyuv2", "--data-root", str(tmp_path / "nyu"), "--steps", "1",
+                     "--batch-size", "2", "--latency-repeats", "1", "--no-progress", "--threads", "1"]) == 0
+    res = json.loads((out / "baseline" / "result.json").read_text())
+    assert set(res["metrics"]) == {"seg", "depth", "normal"}
+    assert json.loads((out / "trivial.json").read_text())["class_names"][0] == "class0"
