@@ -944,6 +944,10 @@ class MultiTaskPruner:
         """A pruner for an already restored ``model`` (and ``optimizer``), with the saved config
         (``overrides`` replace entries) and state."""
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return cls._from_checkpoint(ckpt, model, example_inputs, optimizer, overrides)
+
+    @classmethod
+    def _from_checkpoint(cls, ckpt: dict, model: nn.Module, example_inputs, optimizer, overrides: dict):
         sd = ckpt["pruner"]
         cfg = dict(sd["config"])
         cfg.update(overrides)
@@ -976,12 +980,4 @@ class MultiTaskPruner:
             opt = optimizer_fn(model.parameters())
             if "optimizer" in ckpt:
                 opt.load_state_dict(ckpt["optimizer"])
-        sd = ckpt["pruner"]
-        cfg = dict(sd["config"])
-        cfg.update(overrides)
-        tasks = cfg.pop("tasks")
-        crit = cfg.pop("criterion")
-        pr = cls(model, tasks, crit, example_inputs=example_inputs, optimizer=opt, **cfg)
-        pr.load_state_dict(sd)
-        pr.extra = ckpt.get("extra", {})
-        return pr
+        return cls._from_checkpoint(ckpt, model, example_inputs, opt, overrides)
