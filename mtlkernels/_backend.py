@@ -61,18 +61,12 @@ def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
     """None when ``backend`` can run on ``device``, else why not (one sentence)."""
     if backend == "reference":
         return None
-    if backend == "cpu":
-        if device.type != "cpu":
-            return f"the 'cpu' backend takes CPU tensors, got tensors on {device}"
+    if backend in ("cpu", "cuda"):
+        if device.type != backend:
+            return f"the {backend!r} backend takes {backend.upper()} tensors, got tensors on {device}"
         if _C is None:
             return f"mtlkernels._C is not loaded ({_C_ERROR})"
-        return None
-    if backend == "cuda":
-        if device.type != "cuda":
-            return f"the 'cuda' backend takes CUDA tensors, got tensors on {device}"
-        if _C is None:
-            return f"mtlkernels._C is not loaded ({_C_ERROR})"
-        if not compiled_with_cuda():
+        if backend == "cuda" and not compiled_with_cuda():
             return "mtlkernels._C was built without CUDA (no CUDA torch or no CUDA toolkit at build time)"
         return None
     if backend == "triton":

@@ -98,6 +98,14 @@ def _param_attrs(kind: str) -> List[Tuple[str, str]]:
     raise ValueError(kind)
 
 
+def _layer_tensors(mod: nn.Module, kind: str):
+    """(attribute, role, tensor) of the layer's existing channel-carrying tensors."""
+    for attr, role in _param_attrs(kind):
+        t = getattr(mod, attr, None)
+        if t is not None:
+            yield attr, role, t
+
+
 class MultiTaskPruner:
     """Dependency-aware structured pruning of a multi-task network (see the module docstring).
 
@@ -684,10 +692,7 @@ class MultiTaskPruner:
             if ko is None and ki is None:
                 continue
             mod = self._modules[name]
-            for attr, role in _param_attrs(info.kind):
-                t = getattr(mod, attr, None)
-                if t is None:
-                    continue
+            for attr, role, t in _layer_tensors(mod, info.kind):
                 if role == "w":
                     oi, ii, od, idim = ko, ki, info.out_dim, info.in_dim
                 else:
@@ -782,10 +787,7 @@ class MultiTaskPruner:
             if not out_dead.any() and (in_dead is None or not in_dead.any()):
                 continue
             mod = self._modules[name]
-            for attr, role in _param_attrs(info.kind):
-                t = getattr(mod, attr, None)
-                if t is None:
-                    continue
+            for attr, role, t in _layer_tensors(mod, info.kind):
                 shape = [1] * t.dim()
                 if role == "w":
                     mo = (~out_dead).to(t.dtype)
