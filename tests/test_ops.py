@@ -220,7 +220,8 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.mtlkernels.channel_contrib.default, (a, torch.randn_like(a)))
     x = torch.randn(5, 4, 3, device=device)
     idx = torch.tensor([3, 0], device=device)
-    torch.library.opcheck(torch.ops.mtlkernels.gather.default, ([x, x[0].contiguous()], [idx, None], [None, idx], [0, 0], [1, 1]))
+    cols = torch.tensor([2, 0], device=device)  # x[0] is [4, 3]: its dim 1 takes indices < 3
+    torch.library.opcheck(torch.ops.mtlkernels.gather.default, ([x, x[0].contiguous()], [idx, None], [None, cols], [0, 0], [1, 1]))
 
 
 @pytest.mark.parametrize("device", sorted({d for d, b in BACKENDS if b != "triton"}))
