@@ -59,10 +59,10 @@ inline v8f vload(const float* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
+// Pairwise (depth 3), not a serial chain of 8 dependent adds: a row pays one hsum per accumulator
+// (17 at T=3, 82 at T=8); with the epilogue, that per-row cost dominated rows of small K.
 inline float hsum(v8f v) {
-  float s = 0.f;
-  for (int e = 0; e < 8; ++e) s += v[e];
-  return s;
+  return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
 }
 
 template <int T, int I>
@@ -124,8 +124,21 @@ inline void all_task_passes(const float* w, const float* const* g, int64_t n, fl
 }
 
 template <int T>
-void chunk_fixed_t(const float* w, const float* const* g, int64_t n, float* acc, float*) {
+void chunk_fixed_t(const float* w, const float* const* g, int, int64_t n, float* acc, float*) {
   all_task_passes<T>(w, g, n, acc, std::make_integer_sequence<int, T>{});
+}
+
+// The row's store through the shared epilogue (common.h) with T and the accumulator index known at
+// compile time, so its pair decoding folds away (at T=8 it cost more than a short row's data).
+template <int T, int... As>
+inline void store_row_seq(const FilterStatsOut& out, int64_t row, const float* acc,
+                          std::integer_sequence<int, As...>) {
+  (store_filter_acc(out, row, T, T, As, acc[As]), ...);
+}
+
+template <int T>
+void store_row_fixed_t(const FilterStatsOut& out, int64_t row, int, const float* acc) {
+  store_row_seq<T>(out, row, acc, std::make_integer_sequence<int, num_acc(T)>{});
 }
 
 // ---- any T (9..16): one simd dot product per accumulator. -----------------------------------
@@ -150,19 +163,32 @@ void chunk_any_t(const float* wp, const float* const* gp, int T, int64_t n, floa
   acc[T + 2 * P + 1] += simd_abs_sum(wp, n);
 }
 
-using ChunkFn = void (*)(const float*, const float* const*, int64_t, float*, float*);
+void store_row_any_t(const FilterStatsOut& out, int64_t row, int T, const float* acc) {
+  for (int a = 0; a < num_acc(T); ++a) store_filter_acc(out, row, T, T, a, acc[a]);
+}
 
-ChunkFn chunk_fn(int T) {
+// The per-T code of one row: a chunk's accumulation and the row's store.
+struct TaskFns {
+  void (*chunk)(const float* w, const float* const* g, int T, int64_t n, float* acc, float* wgbuf);
+  void (*store)(const FilterStatsOut& out, int64_t row, int T, const float* acc);
+};
+
+template <int T>
+constexpr TaskFns fixed_t() {
+  return {&chunk_fixed_t<T>, &store_row_fixed_t<T>};
+}
+
+TaskFns task_fns(int T) {
   switch (T) {
-    case 1: return &chunk_fixed_t<1>;
-    case 2: return &chunk_fixed_t<2>;
-    case 3: return &chunk_fixed_t<3>;
-    case 4: return &chunk_fixed_t<4>;
-    case 5: return &chunk_fixed_t<5>;
-    case 6: return &chunk_fixed_t<6>;
-    case 7: return &chunk_fixed_t<7>;
-    case 8: return &chunk_fixed_t<8>;
-    default: return nullptr;
+    case 1: return fixed_t<1>();
+    case 2: return fixed_t<2>();
+    case 3: return fixed_t<3>();
+    case 4: return fixed_t<4>();
+    case 5: return fixed_t<5>();
+    case 6: return fixed_t<6>();
+    case 7: return fixed_t<7>();
+    case 8: return fixed_t<8>();
+    default: return {&chunk_any_t, &store_row_any_t};
   }
 }
 
@@ -170,7 +196,7 @@ ChunkFn chunk_fn(int T) {
 // bfloat16 chunks are converted to float32 buffers first.
 template <typename scalar_t>
 void filter_row(const scalar_t* w, const scalar_t* const* g, int T, int64_t K, float* acc,
-                float* buf, ChunkFn fixed) {
+                float* buf, const TaskFns& fns) {
   float* wbuf = buf;                 // [kChunk]
   float* gbuf = buf + kChunk;        // [T][kChunk] (conversion buffers)
   float* wgbuf = gbuf + T * kChunk;  // [T][kChunk] (W * G_t, any-T path)
@@ -180,11 +206,7 @@ void filter_row(const scalar_t* w, const scalar_t* const* g, int T, int64_t K, f
     const int64_t n = std::min(kChunk, K - k0);
     const float* wp = as_float(w + k0, n, wbuf);
     for (int t = 0; t < T; ++t) gp[t] = as_float(g[t] + k0, n, gbuf + t * kChunk);
-    if (fixed) {
-      fixed(wp, gp, n, acc, wgbuf);
-    } else {
-      chunk_any_t(wp, gp, T, n, acc, wgbuf);
-    }
+    fns.chunk(wp, gp, T, n, acc, wgbuf);
   }
 }
 
@@ -205,7 +227,7 @@ void filter_stats_cpu_impl(const FilterStatsTable& tab, const FilterStatsOut& ou
     const int64_t k = tab.k(l);
     return off[l] + (target - elems[l] + k - 1) / k;
   };
-  const ChunkFn fixed = chunk_fn(T);
+  const TaskFns fns = task_fns(T);
   at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<float> buf((1 + 2 * T) * kChunk);
     std::vector<float> acc(num_acc(T));
@@ -220,8 +242,8 @@ void filter_stats_cpu_impl(const FilterStatsTable& tab, const FilterStatsOut& ou
       const auto* w = reinterpret_cast<const scalar_t*>(tab.weight_addr(l)) + local * K;
       for (int t = 0; t < T; ++t)
         g[t] = reinterpret_cast<const scalar_t*>(tab.grad_addr(l, t)) + local * K;
-      filter_row<scalar_t>(w, g, T, K, acc.data(), buf.data(), fixed);
-      for (int a = 0; a < num_acc(T); ++a) store_filter_acc(out, row, T, T, a, acc[a]);
+      filter_row<scalar_t>(w, g, T, K, acc.data(), buf.data(), fns);
+      fns.store(out, row, T, acc.data());
     }
   });
 }
