@@ -3,7 +3,7 @@
 // One block per filter row (rows of all layers are numbered 0..F-1; a block finds its layer in the
 // device-side table by binary search, common.h). Threads stride over the row's K elements with
 // 16-byte loads of the weight and the T gradient rows, keep the T + T(T+1) + 2 accumulators in
-// registers, then reduce them across the block (warp shuffles, then shared memory) and store them
+// registers, then reduce them across the block (a warp reduce-scatter, then shared memory) and store them
 // through the epilogue shared with the CPU kernel (store_filter_acc). Bytes read are the minimum:
 // (T + 1) x weights x element size, once.
 #include <cstdint>
@@ -89,14 +89,17 @@ __global__ void __launch_bounds__(kThreads)
     accumulate<TL>(acc, to_float(w[k]), gf);
   }
 
-  // Block reduction: warps first, then across warps through shared memory.
-  __shared__ float part[kWarps][NA];
+  // Block reduction: a reduce-scatter within each warp (common.h: 31 M shuffles rather than 5 per
+  // accumulator), then across the warps through shared memory.
+  constexpr int M = (NA + 31) / 32;
+  __shared__ float part[kWarps][32 * M];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float v[32 * M];
 #pragma unroll
-  for (int a = 0; a < NA; ++a) {
-    const float v = warp_sum(acc[a]);
-    if (lane == 0) part[warp][a] = v;
-  }
+  for (int a = 0; a < 32 * M; ++a) v[a] = a < NA ? acc[a] : 0.f;
+  warp_reduce_scatter<M>(v, lane);
+#pragma unroll
+  for (int i = 0; i < M; ++i) part[warp][WarpReduceScatter<M>::value_index(lane, i)] = v[i];
   __syncthreads();
   for (int a = threadIdx.x; a < NA; a += kThreads) {
     float v = 0.f;

@@ -107,6 +107,35 @@ MTL_HD void store_filter_acc(const FilterStatsOut& out, int64_t row, int tl, int
 }
 
 // ------------------------------------------------------------------------------------------------
+// Warp reduce-scatter of a filter's accumulators (the CUDA epilogue's index logic; plain C++, so a
+// host test runs it on 32 simulated lanes).
+//
+// Each of the 32 lanes of a warp holds N = 32 M partial sums v[0 .. N). In step s = 0 .. 4 the lane
+// and its partner (lane ^ (16 >> s)) each hold n = N >> s values; a lane keeps the half chosen by
+// its lane bit (the upper half when the bit is set), sends the other half to its partner and adds
+// what the partner sent. After the 5 steps lane L holds, in v[0 .. M), the warp-wide sums of values
+// M L .. M L + M - 1. That is 31 M shuffles per warp instead of 5 N (one butterfly sum per value):
+// at T = 8 (82 accumulators, M = 3) 93 instead of 410, and the shuffle unit is the SM's narrowest.
+// ------------------------------------------------------------------------------------------------
+template <int M>
+struct WarpReduceScatter {
+  static constexpr int kValues = 32 * M;  // N: values per lane before the reduction
+  static constexpr int kSteps = 5;
+  MTL_HD static constexpr int half(int s) { return kValues >> (s + 1); }
+  MTL_HD static constexpr int partner_xor(int s) { return 16 >> s; }
+  // The value a lane sends for slot i (< half(s)) in step s ...
+  MTL_HD static float send(const float* v, int s, int lane, int i) {
+    return (lane & partner_xor(s)) ? v[i] : v[i + half(s)];
+  }
+  // ... and what it keeps in slot i, given the partner's value for that slot.
+  MTL_HD static void keep(float* v, int s, int lane, int i, float received) {
+    v[i] = ((lane & partner_xor(s)) ? v[i + half(s)] : v[i]) + received;
+  }
+  // After the last step: the value index that slot i of `lane` holds.
+  MTL_HD static constexpr int value_index(int lane, int i) { return M * lane + i; }
+};
+
+// ------------------------------------------------------------------------------------------------
 // Channel gather: canonical form.
 //
 // A contiguous tensor with two selected dims d_lo < d_hi is viewed as [A, D1, B, D2, C]
