@@ -15,9 +15,9 @@ once per call:
   ``.to(tl.pointer_type(...))``, then streams the row in ``BLOCK_K`` chunks, holding all T task
   gradients as a ``[TP, BLOCK_K]`` tile (T padded to the power of two TP, the pad masked) and
   accumulating ``dot``, the T x T ``gram`` and ``wg2`` (broadcast products ``g[:, None, :] *
-  g[None, :, :]`` reduced over K, rather than ``tl.dot``, whose tiles are at least 16 wide: for
-  small T they would be mostly padding; not measured against each other), ``wsq`` and ``wabs``,
-  all in float32.
+  g[None, :, :]``, rather than ``tl.dot``, whose tiles are at least 16 wide: for small T they
+  would be mostly padding; not measured against each other), ``wsq`` and ``wabs``, all in float32,
+  element-wise over the chunk ([TP, TP, BLOCK_K] partial sums) and reduced over K once at the end.
 
   Why a pointer table rather than a flat gradient bank (``torch.cat`` of every gradient): the bank
   would copy all of the user's gradients (the size of the model times T) just to give the kernel one
@@ -106,9 +106,11 @@ def _filter_stats_kernel(
     g_addr = tl.load(tab_ptr + G_OFF + layer * T + t, mask=t_mask, other=0)
     g_rows = g_addr.to(elem_ptr_ty) + row_off                          # [TP] pointers
 
-    dot_acc = tl.zeros([TP], dtype=tl.float32)
-    gram_acc = tl.zeros([TP, TP], dtype=tl.float32)
-    wg2_acc = tl.zeros([TP, TP], dtype=tl.float32)
+    # Element-wise partial sums over the K chunks, reduced over BLOCK_K once after the loop: a
+    # reduction inside the loop would cross threads (and warps) on every chunk.
+    dot_acc = tl.zeros([TP, BLOCK_K], dtype=tl.float32)
+    gram_acc = tl.zeros([TP, TP, BLOCK_K], dtype=tl.float32)
+    wg2_acc = tl.zeros([TP, TP, BLOCK_K], dtype=tl.float32)
     wsq_acc = tl.zeros([BLOCK_K], dtype=tl.float32)
     wabs_acc = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -118,17 +120,17 @@ def _filter_stats_kernel(
         g = tl.load(g_rows[:, None] + k[None, :], mask=t_mask[:, None] & k_mask[None, :],
                     other=0.0).to(tl.float32)                                          # [TP, BK]
         wg = g * w[None, :]
-        dot_acc += tl.sum(wg, axis=1)
-        gram_acc += tl.sum(g[:, None, :] * g[None, :, :], axis=2)
-        wg2_acc += tl.sum(wg[:, None, :] * wg[None, :, :], axis=2)
+        dot_acc += wg
+        gram_acc += g[:, None, :] * g[None, :, :]
+        wg2_acc += wg[:, None, :] * wg[None, :, :]
         wsq_acc += w * w
         wabs_acc += tl.abs(w)
 
-    tl.store(dot_ptr + r * T + t, dot_acc, mask=t_mask)
+    tl.store(dot_ptr + r * T + t, tl.sum(dot_acc, axis=1), mask=t_mask)
     tt = t[:, None] * T + t[None, :]
     tt_mask = t_mask[:, None] & t_mask[None, :]
-    tl.store(gram_ptr + r * T * T + tt, gram_acc, mask=tt_mask)
-    tl.store(wg2_ptr + r * T * T + tt, wg2_acc, mask=tt_mask)
+    tl.store(gram_ptr + r * T * T + tt, tl.sum(gram_acc, axis=2), mask=tt_mask)
+    tl.store(wg2_ptr + r * T * T + tt, tl.sum(wg2_acc, axis=2), mask=tt_mask)
     tl.store(wsq_ptr + r, tl.sum(wsq_acc, axis=0))
     tl.store(wabs_ptr + r, tl.sum(wabs_acc, axis=0))
 
@@ -274,7 +276,8 @@ def _filter_stats_impl(weights: List[Tensor], grads: List[Tensor]) -> List[Tenso
     host = torch.cat([torch.tensor(layer_rows + grad_addrs, dtype=torch.int64), row_layer])
     tab = _to_device(host, device)
     tp = _next_pow2(num_tasks)
-    # the [TP, TP, BLOCK_K] products live in registers: keep TP * TP * BLOCK_K around 4K elements
+    # the two [TP, TP, BLOCK_K] partial sums live in registers across the loop: keep TP * TP * BLOCK_K
+    # around 4K elements (64 registers per thread at 4 warps)
     block_k = max(8, min(TUNE["fs_max_block_k"], TUNE["fs_tile"] // (tp * tp), _next_pow2(max_k)))
     torch.library.wrap_triton(_filter_stats_kernel)[(num_rows,)](
         tab, weights[0], *outs,

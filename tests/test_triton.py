@@ -95,7 +95,7 @@ def _check_stats(ws, gs, dtype):
 NET = [(5, 3, 3, 3), (7, 11), (9,)]          # conv, linear, per-channel (1-D) layers
 
 
-@pytest.mark.parametrize("t", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("t", [1, 2, 3, 5, 8, 11, 16])
 def test_filter_stats_multilayer_fp32(t):
     ws, gs = _layers(NET, t, torch.float32, seed=t)
     _check_stats(ws, gs, torch.float32)
