@@ -18,8 +18,18 @@ CU_FILES = sorted(glob.glob(os.path.join(ROOT, "csrc", "*", "cuda", "*.cu")))
 NVCC = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None)
 
 
+def _torch_nvcc_flags():
+    """The flags torch.utils.cpp_extension gives nvcc in a real build (-D__CUDA_NO_HALF_OPERATORS__
+    and friends), so a kernel relying on implicit half/bfloat16 conversions fails here, not on a GPU."""
+    try:
+        from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+    except ImportError:  # pragma: no cover - torch always has it; the script mode may lack torch
+        return ["--expt-relaxed-constexpr"]
+    return list(COMMON_NVCC_FLAGS)
+
+
 def compile_cu(path, out_dir):
-    cmd = [NVCC, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-lineinfo",
+    cmd = [NVCC, "-std=c++17", "-O3", *_torch_nvcc_flags(), "-lineinfo",
            "-I", os.path.join(ROOT, "csrc", "include"),
            "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
            "-Xptxas", "-v", "-c", path, "-o", os.path.join(out_dir, os.path.basename(path) + ".o")]
