@@ -37,6 +37,7 @@ NETWORKS = {
     "vgg16": vgg16,
     "resnet50": lambda: resnet((3, 4, 6, 3)),
     "resnet152": lambda: resnet((3, 8, 36, 3)),
+    "resnet_tiny": lambda: resnet((1, 1, 1, 1), width=4),  # for smoke runs of the bench scripts
 }
 
 

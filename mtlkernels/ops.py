@@ -14,6 +14,7 @@ are NaN), never silently turned into a score; the criteria and the driver decide
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, fields
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -206,6 +207,46 @@ def filter_stats_many(
         raise ValueError(f"grads must have one entry per weight: {len(weights)} weights, {len(grads)} grads")
     if names is not None and len(names) != len(weights):
         raise ValueError(f"names must have one entry per weight: {len(weights)} weights, {len(names)} names")
+    with torch.no_grad():  # views without autograd bookkeeping: unbind is 1.5x cheaper
+        fast = _layers_fast_path(weights, grads)
+    if fast is not None:
+        flat_w, flat_g, num_tasks = fast
+        offsets = list(itertools.accumulate((w.shape[0] for w in flat_w), initial=0))
+        device, dtype = flat_w[0].device, flat_w[0].dtype
+    else:
+        flat_w, flat_g, offsets, num_tasks, device, dtype = _layers_checked(weights, grads)
+    chosen = _resolve(backend, device, dtype)
+    if chosen != "reference":
+        flat_w = [w.contiguous() for w in flat_w]
+        flat_g = [g.contiguous() for g in flat_g]
+    out = _run_filter_stats(chosen, flat_w, flat_g)
+    return FilterStats(*out, offsets=tuple(offsets), names=None if names is None else tuple(names))
+
+
+def _layers_fast_path(weights, grads):
+    """The layers flattened (weights, layer-major task gradients, T) when every check passes, else
+    None: then :func:`_layers_checked` runs the checks one by one and raises the error that names
+    the argument. Same rules, checked in bulk without per-tensor message formatting (for a 155-layer
+    network the one-by-one checks cost more than the GPU kernel). Handles the common form, a
+    ``[T, *w.shape]`` tensor per layer; lists of task gradients take the checked path."""
+    if not all(isinstance(w, Tensor) for w in weights) or not all(isinstance(g, Tensor) for g in grads):
+        return None
+    w0 = weights[0]
+    kinds = {(t.dtype, t.device) for t in weights}
+    kinds.update((t.dtype, t.device) for t in grads)
+    if len(kinds) != 1 or w0.dtype not in REFERENCE_DTYPES:
+        return None
+    num_tasks = grads[0].shape[0] if grads[0].dim() > 0 else 0
+    if not 1 <= num_tasks <= MAX_TASKS:
+        return None
+    if not all(w.dim() > 0 and w.numel() > 0 and g.dim() == w.dim() + 1 and g.shape[0] == num_tasks
+               and g.shape[1:] == w.shape for w, g in zip(weights, grads)):
+        return None
+    return list(weights), [t for g in grads for t in g.unbind(0)], num_tasks
+
+
+def _layers_checked(weights, grads):
+    """Checks the layers one by one, raising an error that names the offending argument."""
     flat_w: List[Tensor] = []
     flat_g: List[Tensor] = []
     offsets = [0]
@@ -228,12 +269,7 @@ def filter_stats_many(
     named = [(f"weights[{l}]", w) for l, w in enumerate(flat_w)]
     named += [(f"grads[{i // num_tasks}][{i % num_tasks}]", g) for i, g in enumerate(flat_g)]
     device, dtype = _common(named)
-    chosen = _resolve(backend, device, dtype)
-    if chosen != "reference":
-        flat_w = [w.contiguous() for w in flat_w]
-        flat_g = [g.contiguous() for g in flat_g]
-    out = _run_filter_stats(chosen, flat_w, flat_g)
-    return FilterStats(*out, offsets=tuple(offsets), names=None if names is None else tuple(names))
+    return flat_w, flat_g, offsets, num_tasks, device, dtype
 
 
 def filter_stats(weight: Tensor, grads: GradsArg, *, backend: str = "auto") -> FilterStats:
