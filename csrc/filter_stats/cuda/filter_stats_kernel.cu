@@ -3,9 +3,9 @@
 // One block per filter row (rows of all layers are numbered 0..F-1; a block finds its layer in the
 // device-side table by binary search, common.h). Threads stride over the row's K elements with
 // 16-byte loads of the weight and the T gradient rows, keep the T + T(T+1) + 2 accumulators in
-// registers, then reduce them across the block (a warp reduce-scatter, then shared memory) and store them
-// through the epilogue shared with the CPU kernel (store_filter_acc). Bytes read are the minimum:
-// (T + 1) x weights x element size, once.
+// registers, then reduce them across the block (a warp reduce-scatter, then shared memory) and
+// store them through the epilogue shared with the CPU kernel (store_filter_acc). Bytes read are the
+// minimum: (T + 1) x weights x element size, once.
 #include <cstdint>
 
 #include "mtlkernels/cuda_utils.cuh"
@@ -94,12 +94,12 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int M = (NA + 31) / 32;
   __shared__ float part[kWarps][32 * M];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float v[32 * M];
+  float red[32 * M];
 #pragma unroll
-  for (int a = 0; a < 32 * M; ++a) v[a] = a < NA ? acc[a] : 0.f;
-  warp_reduce_scatter<M>(v, lane);
+  for (int a = 0; a < 32 * M; ++a) red[a] = a < NA ? acc[a] : 0.f;
+  warp_reduce_scatter<M>(red, lane);
 #pragma unroll
-  for (int i = 0; i < M; ++i) part[warp][WarpReduceScatter<M>::value_index(lane, i)] = v[i];
+  for (int i = 0; i < M; ++i) part[warp][WarpReduceScatter<M>::value_index(lane, i)] = red[i];
   __syncthreads();
   for (int a = threadIdx.x; a < NA; a += kThreads) {
     float v = 0.f;
