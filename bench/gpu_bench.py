@@ -101,6 +101,8 @@ def filter_stats_case(net, T, dtype, device, args, backends):
     nbytes = (T + 1) * numel(NETWORKS[net]()) * inputs[0][0][0].element_size()
     raw = {"cuda": torch.ops.mtlkernels.filter_stats, "cpu": torch.ops.mtlkernels.filter_stats}
     if "triton" in backends:
+        from mtlkernels import triton_ops  # noqa: F401  (registers mtlkernels::filter_stats_triton)
+
         raw["triton"] = torch.ops.mtlkernels.filter_stats_triton
     providers = {}  # name -> (fn, takes the flat gradient list)
     for b in backends:
