@@ -227,22 +227,32 @@ def _layers_fast_path(weights, grads):
     """The layers flattened (weights, layer-major task gradients, T) when every check passes, else
     None: then :func:`_layers_checked` runs the checks one by one and raises the error that names
     the argument. Same rules, checked in bulk without per-tensor message formatting (for a 155-layer
-    network the one-by-one checks cost more than the GPU kernel). Handles the common form, a
-    ``[T, *w.shape]`` tensor per layer; lists of task gradients take the checked path."""
-    if not all(isinstance(w, Tensor) for w in weights) or not all(isinstance(g, Tensor) for g in grads):
+    network the one-by-one checks cost more than the GPU kernel)."""
+    if not all(isinstance(w, Tensor) for w in weights):
         return None
+    flat_g: List[Tensor] = []
+    num_tasks = None
+    for w, g in zip(weights, grads):
+        if isinstance(g, Tensor):
+            if g.dim() != w.dim() + 1 or g.shape[1:] != w.shape:
+                return None
+            gl = g.unbind(0)
+        elif isinstance(g, (list, tuple)) and all(isinstance(t, Tensor) and t.shape == w.shape for t in g):
+            gl = g
+        else:
+            return None
+        if num_tasks is None:
+            num_tasks = len(gl)
+        elif len(gl) != num_tasks:
+            return None
+        flat_g.extend(gl)
     w0 = weights[0]
     kinds = {(t.dtype, t.device) for t in weights}
-    kinds.update((t.dtype, t.device) for t in grads)
-    if len(kinds) != 1 or w0.dtype not in REFERENCE_DTYPES:
+    kinds.update((t.dtype, t.device) for t in flat_g)
+    if (len(kinds) != 1 or w0.dtype not in REFERENCE_DTYPES or not 1 <= num_tasks <= MAX_TASKS
+            or not all(w.dim() > 0 and w.numel() > 0 for w in weights)):
         return None
-    num_tasks = grads[0].shape[0] if grads[0].dim() > 0 else 0
-    if not 1 <= num_tasks <= MAX_TASKS:
-        return None
-    if not all(w.dim() > 0 and w.numel() > 0 and g.dim() == w.dim() + 1 and g.shape[0] == num_tasks
-               and g.shape[1:] == w.shape for w, g in zip(weights, grads)):
-        return None
-    return list(weights), [t for g in grads for t in g.unbind(0)], num_tasks
+    return list(weights), flat_g, num_tasks
 
 
 def _layers_checked(weights, grads):

@@ -389,11 +389,10 @@ class MultiTaskPruner:
             for t in range(len(self.tasks)):
                 g = grads[t][j] if j is not None else None
                 per_task.append(torch.zeros_like(w) if g is None else g)
-            gs = torch.stack(per_task)
             if self.an.layers[n].kind == "convT":
-                gs = gs.transpose(1, 2)
+                per_task = [g.transpose(0, 1) for g in per_task]
             weights.append(self._scored_weight(n).detach())
-            wgrads.append(gs.detach())
+            wgrads.append([g.detach() for g in per_task])  # T tensors, not a stacked copy of them
         s = self._score(weights, wgrads)
         self._acc_update(s)
         return s
