@@ -47,7 +47,7 @@ def layer_set(kind, device, dtype, gen):
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 11, 16])
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 6, 7, 8, 11, 16])
 @pytest.mark.parametrize("kind", ["odd", "noncontig", "large"])
 def test_filter_stats_many(device, backend, dtype, T, kind, poison):
     gen = torch.Generator().manual_seed(1000 * T + len(kind))
