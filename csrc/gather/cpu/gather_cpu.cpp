@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -14,14 +15,30 @@
 namespace mtlkernels {
 namespace {
 
+// Output rows [r0, r1) of one tensor, in order: the row coordinates advance without a division
+// per row (GatherRowCursor), and the element type is fixed for the whole run of rows.
 template <typename elem_t>
-inline void copy_row(const GatherDesc& g, int64_t r) {
-  const auto* src = reinterpret_cast<const elem_t*>(g.in) + gather_in_row(g, r);
-  auto* dst = reinterpret_cast<elem_t*>(g.out) + r * g.C;
-  if (g.C == 1) {
-    *dst = *src;
-  } else {
-    std::memcpy(dst, src, g.C * sizeof(elem_t));
+void copy_rows(const GatherDesc& g, int64_t r0, int64_t r1) {
+  const auto* in = reinterpret_cast<const elem_t*>(g.in);
+  auto* out = reinterpret_cast<elem_t*>(g.out) + r0 * g.C;
+  const int64_t C = g.C;
+  GatherRowCursor cur(g, r0);
+  for (int64_t r = r0; r < r1; ++r, out += C, cur.next(g)) {
+    const elem_t* src = in + cur.in_row(g);
+    if (C == 1) {
+      *out = *src;
+    } else {
+      std::memcpy(out, src, C * sizeof(elem_t));
+    }
+  }
+}
+
+void copy_rows_typed(const GatherDesc& g, int64_t r0, int64_t r1) {
+  switch (g.elem_size) {
+    case 1: copy_rows<uint8_t>(g, r0, r1); break;
+    case 2: copy_rows<uint16_t>(g, r0, r1); break;
+    case 4: copy_rows<uint32_t>(g, r0, r1); break;
+    default: copy_rows<uint64_t>(g, r0, r1); break;
   }
 }
 
@@ -45,17 +62,10 @@ std::vector<at::Tensor> gather_cpu(const std::vector<at::Tensor>& xs,
   for (const auto& g : descs) bytes += gather_rows(g) * g.C * g.elem_size;
   const int64_t grain = std::max<int64_t>(1, total * 16384 / std::max<int64_t>(bytes, 1));
   at::parallel_for(0, total, grain, [&](int64_t r0, int64_t r1) {
-    int64_t i = find_segment(starts.data(), n, r0);
-    for (int64_t r = r0; r < r1; ++r) {
-      while (r >= starts[i + 1]) ++i;
-      const GatherDesc& g = descs[i];
-      const int64_t local = r - starts[i];
-      switch (g.elem_size) {
-        case 1: copy_row<uint8_t>(g, local); break;
-        case 2: copy_row<uint16_t>(g, local); break;
-        case 4: copy_row<uint32_t>(g, local); break;
-        default: copy_row<uint64_t>(g, local); break;
-      }
+    // the tensors this range of (global) rows covers, each as one run of its local rows
+    for (int64_t i = find_segment(starts.data(), n, r0); i < n && starts[i] < r1; ++i) {
+      const int64_t lo = std::max(r0, starts[i]), hi = std::min(r1, starts[i + 1]);
+      if (lo < hi) copy_rows_typed(descs[i], lo - starts[i], hi - starts[i]);
     }
   });
   return outs;

@@ -154,15 +154,37 @@ constexpr int kGatherDescWords = 12;  // int64 words of one GatherDesc in a tabl
 
 MTL_HD int64_t gather_rows(const GatherDesc& g) { return g.A * g.n1 * g.B * g.n2; }
 
+// Output row coordinates (a, j1, b, j2) of a gather: set from a row number once (divisions), then
+// advanced row by row like an odometer (no division), which is how the CPU kernel walks its rows.
+struct GatherRowCursor {
+  int64_t a, j1, b, j2;
+
+  MTL_HD GatherRowCursor(const GatherDesc& g, int64_t r) {
+    j2 = r % g.n2; r /= g.n2;
+    b = r % g.B; r /= g.B;
+    j1 = r % g.n1;
+    a = r / g.n1;
+  }
+  // Element offset, in the input, of the first element of the current output row.
+  MTL_HD int64_t in_row(const GatherDesc& g) const {
+    const int64_t i1 = g.idx1 ? reinterpret_cast<const int64_t*>(g.idx1)[j1] : j1;
+    const int64_t i2 = g.idx2 ? reinterpret_cast<const int64_t*>(g.idx2)[j2] : j2;
+    return (((a * g.D1 + i1) * g.B + b) * g.D2 + i2) * g.C;
+  }
+  MTL_HD void next(const GatherDesc& g) {
+    if (++j2 < g.n2) return;
+    j2 = 0;
+    if (++b < g.B) return;
+    b = 0;
+    if (++j1 < g.n1) return;
+    j1 = 0;
+    ++a;
+  }
+};
+
 // Element offset, in the input, of the first element of output row `r`.
 MTL_HD int64_t gather_in_row(const GatherDesc& g, int64_t r) {
-  const int64_t j2 = r % g.n2; r /= g.n2;
-  const int64_t b = r % g.B; r /= g.B;
-  const int64_t j1 = r % g.n1;
-  const int64_t a = r / g.n1;
-  const int64_t i1 = g.idx1 ? reinterpret_cast<const int64_t*>(g.idx1)[j1] : j1;
-  const int64_t i2 = g.idx2 ? reinterpret_cast<const int64_t*>(g.idx2)[j2] : j2;
-  return (((a * g.D1 + i1) * g.B + b) * g.D2 + i2) * g.C;
+  return GatherRowCursor(g, r).in_row(g);
 }
 
 MTL_HD GatherDesc load_gather_desc(const int64_t* w) {
