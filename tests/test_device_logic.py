@@ -1,8 +1,11 @@
 """Host runs of the index logic that the CUDA kernels share through common.h (no GPU needed).
 
-``tests/cpp/warp_reduce_scatter.cpp`` simulates 4 warps of 32 lanes running the filter_stats
-epilogue's warp reduce-scatter exactly as ``cuda_utils.cuh`` sequences it, and checks every
-accumulator's block sum (small integer values: exact)."""
+- ``tests/cpp/warp_reduce_scatter.cpp`` simulates 4 warps of 32 lanes running the filter_stats
+  epilogue's warp reduce-scatter exactly as ``cuda_utils.cuh`` sequences it, and checks every
+  accumulator's block sum (small integer values: exact).
+- ``tests/cpp/gather_index.cpp`` checks the gather kernel's multiply-high divisions (FastDivU31)
+  against ``/`` and its per-element input offsets against the row math the CPU kernel uses.
+"""
 import os
 import shutil
 import subprocess
@@ -13,13 +16,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CXX = shutil.which("g++") or shutil.which("c++")
 
 
-@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
-def test_warp_reduce_scatter(tmp_path):
-    exe = str(tmp_path / "warp_reduce_scatter")
-    src = os.path.join(ROOT, "tests", "cpp", "warp_reduce_scatter.cpp")
+def _build_and_run(name, tmp_path):
+    exe = str(tmp_path / name)
+    src = os.path.join(ROOT, "tests", "cpp", name + ".cpp")
     build = subprocess.run([CXX, "-std=c++17", "-O1", "-Wall", "-Werror", "-I", os.path.join(ROOT, "csrc", "include"),
                             src, "-o", exe], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
-    run = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([exe], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count(" ok") == 7, run.stdout
+    return run.stdout
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+def test_warp_reduce_scatter(tmp_path):
+    assert _build_and_run("warp_reduce_scatter", tmp_path).count(" ok") == 7
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+def test_gather_fast_index(tmp_path):
+    out = _build_and_run("gather_index", tmp_path)
+    assert "FastDivU31 ok" in out and "gather_in_elem_u31 ok" in out, out

@@ -3,7 +3,8 @@
 // Each tensor is in the canonical [A, D1, B, D2, C] form of common.h. Output elements of all
 // tensors are cut into blocks of kGatherBlockElems; a block finds its tensor in the block prefix
 // table (binary search, common.h), loads that tensor's descriptor into shared memory and copies
-// its elements, typeless (1, 2, 4 or 8 bytes), with coalesced writes.
+// its elements, typeless (1, 2, 4 or 8 bytes), with coalesced writes. The per-element index math
+// uses multiply-high divisions (common.h FastDivU31) when the output has < 2^31 elements.
 #include <cstdint>
 
 #include "mtlkernels/cuda_launch.h"
@@ -27,24 +28,56 @@ __device__ __forceinline__ void copy_block(const GatherDesc& g, int64_t base) {
   }
 }
 
+// The same copy for outputs of < 2^31 elements (nearly all): the element -> input offset math with
+// multiply-high divisions (common.h gather_in_elem_u31) instead of three int64 divisions.
+template <typename elem_t>
+__device__ __forceinline__ void copy_block_u31(const GatherDesc& g, const GatherDividers& dv,
+                                               int64_t base) {
+  const int64_t total = gather_rows(g) * g.C;
+  const auto* __restrict__ in = reinterpret_cast<const elem_t*>(g.in);
+  auto* __restrict__ out = reinterpret_cast<elem_t*>(g.out);
+#pragma unroll
+  for (int it = 0; it < kGatherItems; ++it) {
+    const int64_t e = base + it * kGatherThreads + threadIdx.x;
+    if (e < total) out[e] = in[gather_in_elem_u31(g, dv, static_cast<uint32_t>(e))];
+  }
+}
+
+template <typename elem_t>
+__device__ __forceinline__ void copy_block_any(const GatherDesc& g, const GatherDividers& dv,
+                                               bool fits_u31, int64_t base) {
+  if (fits_u31) {
+    copy_block_u31<elem_t>(g, dv, base);
+  } else {
+    copy_block<elem_t>(g, base);
+  }
+}
+
 __global__ void __launch_bounds__(kGatherThreads)
     gather_kernel(const int64_t* __restrict__ descs, const int64_t* __restrict__ block_starts,
                   int64_t num_tensors) {
   __shared__ int64_t words[kGatherDescWords];
   __shared__ int64_t first_block;
+  __shared__ GatherDividers dividers;
+  __shared__ int fits_u31;
   if (threadIdx.x == 0) {
     const int64_t i = find_segment(block_starts, num_tensors, blockIdx.x);
     first_block = block_starts[i];
     for (int w = 0; w < kGatherDescWords; ++w) words[w] = descs[i * kGatherDescWords + w];
+    const GatherDesc g0 = load_gather_desc(words);
+    fits_u31 = gather_fits_u31(g0);
+    if (fits_u31) dividers = GatherDividers(g0);
   }
   __syncthreads();
   const GatherDesc g = load_gather_desc(words);
+  const GatherDividers dv = dividers;
+  const bool fast = fits_u31 != 0;
   const int64_t base = (static_cast<int64_t>(blockIdx.x) - first_block) * kGatherBlockElems;
   switch (g.elem_size) {
-    case 1: copy_block<uint8_t>(g, base); break;
-    case 2: copy_block<uint16_t>(g, base); break;
-    case 4: copy_block<uint32_t>(g, base); break;
-    default: copy_block<unsigned long long>(g, base); break;
+    case 1: copy_block_any<uint8_t>(g, dv, fast, base); break;
+    case 2: copy_block_any<uint16_t>(g, dv, fast, base); break;
+    case 4: copy_block_any<uint32_t>(g, dv, fast, base); break;
+    default: copy_block_any<unsigned long long>(g, dv, fast, base); break;
   }
 }
 

@@ -187,6 +187,58 @@ MTL_HD int64_t gather_in_row(const GatherDesc& g, int64_t r) {
   return GatherRowCursor(g, r).in_row(g);
 }
 
+// Division by a fixed divisor 1 <= d <= 2^31 of numerators n < 2^31 with a multiply-high, an add
+// and a shift (Granlund & Montgomery; PyTorch's IntDivider does the same):
+// n / d == (umulhi(n, m) + n) >> s. A GPU has no integer divider: an int64 division is a long
+// instruction sequence, and the gather would pay three of them per element.
+struct FastDivU31 {
+  uint32_t d, m, s;  // no default member initialisers: CUDA __shared__ needs a trivial constructor
+
+  FastDivU31() = default;
+  MTL_HD explicit FastDivU31(uint32_t divisor) : d(divisor), m(0), s(0) {
+    while (s < 31 && (uint32_t{1} << s) < d) ++s;
+    m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << s) - d)) / d + 1);
+  }
+  MTL_HD uint32_t div(uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    const uint32_t hi = __umulhi(n, m);
+#else
+    const uint32_t hi = static_cast<uint32_t>((static_cast<uint64_t>(n) * m) >> 32);
+#endif
+    return (hi + n) >> s;
+  }
+};
+
+// The divisors of a gather's output index math, for tensors whose output has < 2^31 elements
+// (gather_fits_u31): then every output index and size fits the fast division.
+struct GatherDividers {
+  FastDivU31 c, n2, b, n1;
+  GatherDividers() = default;
+  MTL_HD explicit GatherDividers(const GatherDesc& g)
+      : c(static_cast<uint32_t>(g.C)), n2(static_cast<uint32_t>(g.n2)),
+        b(static_cast<uint32_t>(g.B)), n1(static_cast<uint32_t>(g.n1)) {}
+};
+
+MTL_HD bool gather_fits_u31(const GatherDesc& g) {
+  return gather_rows(g) * g.C < (int64_t{1} << 31);
+}
+
+// Element offset, in the input, of output element `e` (< 2^31) through the fast divisions: the
+// same value as gather_in_row(g, e / C) + e % C.
+MTL_HD int64_t gather_in_elem_u31(const GatherDesc& g, const GatherDividers& dv, uint32_t e) {
+  const uint32_t r = dv.c.div(e);
+  const uint32_t c = e - r * static_cast<uint32_t>(g.C);
+  const uint32_t q1 = dv.n2.div(r);
+  const uint32_t j2 = r - q1 * static_cast<uint32_t>(g.n2);
+  const uint32_t q2 = dv.b.div(q1);
+  const uint32_t b = q1 - q2 * static_cast<uint32_t>(g.B);
+  const uint32_t a = dv.n1.div(q2);
+  const uint32_t j1 = q2 - a * static_cast<uint32_t>(g.n1);
+  const int64_t i1 = g.idx1 ? reinterpret_cast<const int64_t*>(g.idx1)[j1] : j1;
+  const int64_t i2 = g.idx2 ? reinterpret_cast<const int64_t*>(g.idx2)[j2] : j2;
+  return (((a * g.D1 + i1) * g.B + b) * g.D2 + i2) * g.C + c;
+}
+
 MTL_HD GatherDesc load_gather_desc(const int64_t* w) {
   GatherDesc g;
   g.A = w[0]; g.D1 = w[1]; g.B = w[2]; g.D2 = w[3]; g.C = w[4];
