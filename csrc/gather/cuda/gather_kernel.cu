@@ -13,43 +13,34 @@ namespace mtlkernels {
 namespace cuda {
 namespace {
 
-template <typename elem_t>
-__device__ __forceinline__ void copy_block(const GatherDesc& g, int64_t base) {
+// Copies this block's output elements of one tensor; in_offset(e) is the input offset of output
+// element e.
+template <typename elem_t, typename InOffset>
+__device__ __forceinline__ void copy_block(const GatherDesc& g, int64_t base, InOffset in_offset) {
   const int64_t total = gather_rows(g) * g.C;
   const auto* __restrict__ in = reinterpret_cast<const elem_t*>(g.in);
   auto* __restrict__ out = reinterpret_cast<elem_t*>(g.out);
 #pragma unroll
   for (int it = 0; it < kGatherItems; ++it) {
     const int64_t e = base + it * kGatherThreads + threadIdx.x;
-    if (e < total) {
-      const int64_t r = e / g.C;
-      out[e] = in[gather_in_row(g, r) + (e - r * g.C)];
-    }
+    if (e < total) out[e] = in[in_offset(e)];
   }
 }
 
-// The same copy for outputs of < 2^31 elements (nearly all): the element -> input offset math with
-// multiply-high divisions (common.h gather_in_elem_u31) instead of three int64 divisions.
-template <typename elem_t>
-__device__ __forceinline__ void copy_block_u31(const GatherDesc& g, const GatherDividers& dv,
-                                               int64_t base) {
-  const int64_t total = gather_rows(g) * g.C;
-  const auto* __restrict__ in = reinterpret_cast<const elem_t*>(g.in);
-  auto* __restrict__ out = reinterpret_cast<elem_t*>(g.out);
-#pragma unroll
-  for (int it = 0; it < kGatherItems; ++it) {
-    const int64_t e = base + it * kGatherThreads + threadIdx.x;
-    if (e < total) out[e] = in[gather_in_elem_u31(g, dv, static_cast<uint32_t>(e))];
-  }
-}
-
+// Outputs of < 2^31 elements (nearly all) map elements to input offsets with multiply-high
+// divisions (common.h gather_in_elem_u31); larger ones with int64 divisions.
 template <typename elem_t>
 __device__ __forceinline__ void copy_block_any(const GatherDesc& g, const GatherDividers& dv,
                                                bool fits_u31, int64_t base) {
   if (fits_u31) {
-    copy_block_u31<elem_t>(g, dv, base);
+    copy_block<elem_t>(g, base, [&](int64_t e) {
+      return gather_in_elem_u31(g, dv, static_cast<uint32_t>(e));
+    });
   } else {
-    copy_block<elem_t>(g, base);
+    copy_block<elem_t>(g, base, [&](int64_t e) {
+      const int64_t r = e / g.C;
+      return gather_in_row(g, r) + (e - r * g.C);
+    });
   }
 }
 
