@@ -233,6 +233,8 @@ def _layers_fast_path(weights, grads):
     flat_g: List[Tensor] = []
     num_tasks = None
     for w, g in zip(weights, grads):
+        if w.dim() == 0 or w.numel() == 0:
+            return None
         if isinstance(g, Tensor):
             if g.dim() != w.dim() + 1 or g.shape[1:] != w.shape:
                 return None
@@ -249,8 +251,7 @@ def _layers_fast_path(weights, grads):
     w0 = weights[0]
     kinds = {(t.dtype, t.device) for t in weights}
     kinds.update((t.dtype, t.device) for t in flat_g)
-    if (len(kinds) != 1 or w0.dtype not in REFERENCE_DTYPES or not 1 <= num_tasks <= MAX_TASKS
-            or not all(w.dim() > 0 and w.numel() > 0 for w in weights)):
+    if len(kinds) != 1 or w0.dtype not in REFERENCE_DTYPES or not 1 <= num_tasks <= MAX_TASKS:
         return None
     return list(weights), flat_g, num_tasks
 

@@ -229,14 +229,12 @@ class Study:
                 n = max(1, int(min(cfg.prune_amount, targets[li] - removed) / per_group))
                 rep = pruner.prune(n)
                 state["events"] += 1
+                removed_now = f0 - backbone_filters(model)
                 if rep.pruned == 0:  # the minimum-channel rules forbid more
                     state["stuck"] = True
-                else:
-                    removed_before = removed
-                    gone = (f0 - backbone_filters(model)) - removed_before
-                    if gone > 0:
-                        state["filters_per_group"] = max(1.0, gone / rep.pruned)
-                bar.update(f0 - backbone_filters(model) - bar.n)
+                elif removed_now > removed:
+                    state["filters_per_group"] = max(1.0, (removed_now - removed) / rep.pruned)
+                bar.update(removed_now - bar.n)
                 state["seconds"] = time.perf_counter() - t0
                 checkpoint()
                 continue

@@ -192,10 +192,10 @@ MTL_HD int64_t gather_in_row(const GatherDesc& g, int64_t r) {
 // n / d == (umulhi(n, m) + n) >> s. A GPU has no integer divider: an int64 division is a long
 // instruction sequence, and the gather would pay three of them per element.
 struct FastDivU31 {
-  uint32_t d, m, s;  // no default member initialisers: CUDA __shared__ needs a trivial constructor
+  uint32_t m, s;  // no default member initialisers: CUDA __shared__ needs a trivial constructor
 
   FastDivU31() = default;
-  MTL_HD explicit FastDivU31(uint32_t divisor) : d(divisor), m(0), s(0) {
+  MTL_HD explicit FastDivU31(uint32_t d) : m(0), s(0) {
     while (s < 31 && (uint32_t{1} << s) < d) ++s;
     m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << s) - d)) / d + 1);
   }
