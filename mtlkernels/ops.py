@@ -98,6 +98,60 @@ class FilterStats:
     def tensors(self) -> Tuple[Tensor, ...]:
         return (self.dot, self.gram, self.wsq, self.wabs, self.wg2)
 
+    def sum_by(
+        self,
+        index,
+        num_groups: int,
+        *,
+        offsets: Optional[Sequence[int]] = None,
+        dtype: Optional[torch.dtype] = None,
+        check_index: bool = True,
+    ) -> "FilterStats":
+        """Statistics of channel *groups*: row ``f`` is added into row ``index[f]`` of the result
+        (``-1``: the row belongs to no group and is dropped); groups no row maps to are zero.
+
+        Every statistic is a sum over the elements of a row, so the statistics of a group of rows
+        (a conv's filter with its bias and its norm's gamma/beta; the coupled channels of a
+        residual stage) are the sums of its rows' statistics; a criterion is then applied once per
+        group (:func:`mtlkernels.criteria.score`). Sums are formed in float64 and returned in
+        ``dtype`` (default: this object's dtype); on any device, as ``index_add_`` over the F rows.
+
+        Args:
+            index: ``[F]`` integer group id of every row, in ``[-1, num_groups)``.
+            num_groups: number of groups G (rows of the result).
+            offsets: optional segment boundaries of the G result rows (``0 = o_0 <= ... = G``) for
+                per-segment criteria such as ``taylor_task_mean_norm(normalize="layer")``;
+                default one segment.
+            dtype: result dtype (``torch.float64`` keeps sums that overflow float32 finite).
+            check_index: validate the index values (a device sync when the index is on a GPU).
+        """
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 0:
+            raise ValueError(f"num_groups must be an int >= 0, got {num_groups!r}")
+        if not isinstance(index, Tensor):
+            index = torch.as_tensor(index, dtype=torch.int64)
+        if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+            raise TypeError(f"index must be an integer tensor, got {index.dtype}")
+        if index.dim() != 1 or index.shape[0] != self.num_filters:
+            raise ValueError(f"index must be 1-D with one entry per row ({self.num_filters}), got shape {list(index.shape)}")
+        if check_index and index.numel():
+            lo, hi = int(index.min()), int(index.max())
+            if lo < -1 or hi >= num_groups:
+                raise ValueError(f"index holds values in [{lo}, {hi}]; valid are -1 (no group) and 0..{num_groups - 1}")
+        offs = (0, num_groups) if offsets is None else tuple(int(o) for o in offsets)
+        if offs[0] != 0 or offs[-1] != num_groups or any(b < a for a, b in zip(offs, offs[1:])):
+            raise ValueError(f"offsets must rise from 0 to num_groups={num_groups}, got {list(offs)}")
+        out_dtype = dtype or self.dot.dtype
+        device = self.dot.device
+        # dropped rows go to an extra trash row: no boolean masking, so no device sync
+        idx = index.to(device=device, dtype=torch.int64)
+        idx = torch.where(idx < 0, torch.full_like(idx, num_groups), idx)
+
+        def reduce(x: Tensor) -> Tensor:
+            out = torch.zeros((num_groups + 1,) + tuple(x.shape[1:]), dtype=torch.float64, device=device)
+            return out.index_add_(0, idx, x.to(torch.float64))[:num_groups].to(out_dtype)
+
+        return FilterStats(*(reduce(t) for t in self.tensors()), offsets=offs)
+
 
 STAT_FIELDS = tuple(f.name for f in fields(FilterStats))[:5]
 

@@ -45,7 +45,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 # its autograd.grad calls bypass DDP's reducer
                 pr.accumulate(task_losses(ddp(x), y))
                 opt.step()
-            local = pr._acc / pr.num_batches
+            local = pr._acc.value()
             reduced = pr.scores()
             locals_ = [torch.zeros_like(local) for _ in range(WORLD)]
             dist.all_gather(locals_, local)

@@ -1,6 +1,8 @@
-"""Scores of the pruning driver against an independent computation done the way the paper's code
-does it: per-task gradients by separate backward passes, cosine per task pair with
-torch.nn.functional.cosine_similarity, averaged over the pairs and over the batches."""
+"""Scores of the pruning driver against independent computations: ``scope="filter"`` against the
+paper's code (per-task gradients by separate backward passes, cosine per conv filter and task pair
+with torch.nn.functional.cosine_similarity, averaged over the pairs and the batches); the default
+``scope="group"`` against the group's summed parameters (tests/test_gate_taylor.py checks it against
+gate Taylor on activations)."""
 from __future__ import annotations
 
 import copy
@@ -75,10 +77,11 @@ def paper_cosine(model, data, layers):
 
 
 def rows_by_layer(pr, scores):
+    """Per-filter scores (scope="filter") split by layer."""
     out, k = {}, 0
-    for name in pr._scored:
-        n = pr.an.layers[name].out_groups.numel()
-        out[name] = scores[k:k + n]
+    for m in pr._scorer.members:
+        n = m.groups.numel()
+        out[m.layer] = scores[k:k + n]
         k += n
     return out
 
@@ -89,7 +92,8 @@ def test_cosine_matches_paper_code(grad_mode):
     model = Small()
     ref_model = copy.deepcopy(model)
     data = batches()
-    pr = MultiTaskPruner(model, TASKS, "cosine", example_inputs=data[0][0], grad_mode=grad_mode, min_channels=1)
+    pr = MultiTaskPruner(model, TASKS, "cosine", example_inputs=data[0][0], grad_mode=grad_mode, min_channels=1,
+                         scope="filter")
     for x, y in data:
         model.zero_grad()
         pr.accumulate(losses_of(model, x, y))
@@ -135,12 +139,15 @@ def test_taylor_and_ema():
         model.zero_grad()
         per_batch.append(pr.accumulate(losses_of(model, x, y)))
     torch.testing.assert_close(pr.scores(), 0.75 * per_batch[0] + 0.25 * per_batch[1])
-    # taylor = (sum_t w . g_t)^2 per filter, by hand for c1 on the last batch
+    # taylor = (sum over the group's parameters of w . dL/dw)^2, by hand for the groups of c1
+    # (c1's weight rows and bias, bn1's gamma and beta) on the last batch
     x, y = data[1]
     ls = losses_of(model, x, y)
-    g = torch.autograd.grad(sum(ls.values()), model.c1.weight)[0]
-    want = ((model.c1.weight * g).flatten(1).sum(1) ** 2).double()
-    torch.testing.assert_close(rows_by_layer(pr, per_batch[1])["c1"], want, rtol=1e-4, atol=1e-9)
+    ps = [model.c1.weight, model.c1.bias, model.bn1.weight, model.bn1.bias]
+    gs = torch.autograd.grad(sum(ls.values()), ps)
+    dot = sum((p * g).reshape(p.shape[0], -1).sum(1) for p, g in zip(ps, gs))
+    og = pr.an.layers["c1"].out_groups
+    torch.testing.assert_close(per_batch[1][og], (dot ** 2).double(), rtol=1e-4, atol=1e-12)
 
 
 def test_bn_scale_and_weight_criteria():

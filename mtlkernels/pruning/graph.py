@@ -283,7 +283,11 @@ def analyse(
             x = labels_of(first_tensor_arg(node))
             in_shape = _tensor_meta(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
             is_conv = isinstance(mod, nn.modules.conv._ConvNd)
-            if is_conv and x is not None and mod.groups == 1:
+            # a depthwise conv pruned down to one channel also has groups == 1: it must stay a
+            # per-channel (pass-through) layer, or re-analysis would give it a new group
+            is_dw = (is_conv and not isinstance(mod, nn.modules.conv._ConvTransposeNd)
+                     and mod.groups == mod.in_channels == mod.out_channels)
+            if is_conv and x is not None and mod.groups == 1 and not is_dw:
                 kind = "convT" if isinstance(mod, nn.modules.conv._ConvTransposeNd) else "conv"
                 record(in_labels, name, x)
                 if name not in out_labels:
@@ -293,8 +297,7 @@ def analyse(
                 res = list(out_labels[name])
                 if name in exclude:
                     block(res)
-            elif (is_conv and x is not None and not isinstance(mod, nn.modules.conv._ConvTransposeNd)
-                  and mod.groups == mod.in_channels == mod.out_channels):
+            elif is_dw and x is not None:
                 record(pass_labels, name, x)
                 if name not in kinds:
                     kinds[name] = "dwconv"

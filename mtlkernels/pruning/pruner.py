@@ -35,20 +35,17 @@ from torch import Tensor, nn
 from .. import criteria as _criteria
 from .. import ops as _ops
 from .graph import Analysis, analyse
-from .io import apply_architecture, architecture, atomic_save
+from .io import (CheckpointError, architecture, atomic_save, check_fingerprint, fingerprint, model_from_checkpoint,
+                 read_kind)
+from .scoring import DRIVER_CRITERIA, LAYER_NORMS, REDUCTIONS, SCOPES, ScoreAccumulator, Scorer
 
 __all__ = ["MultiTaskPruner", "PruneReport", "GRAD_CRITERIA", "WEIGHT_CRITERIA", "PRUNER_CRITERIA"]
 
-GRAD_CRITERIA = ("taylor", "taylor_sq", "cosine", "taylor_task_sum", "taylor_task_mean_norm",
-                 "taylor_task_max", "taylor_task_min")
-#: criteria that need no gradients: ``prune`` may be called without ``accumulate``.
-WEIGHT_CRITERIA = ("l2", "l1", "magnitude", "random", "bn_scale")
-#: driver-level names computed with another criteria-module formula (on other rows for bn_scale)
-_ALIASES = {"bn_scale": "l1", "magnitude": "l1"}
-PRUNER_CRITERIA = GRAD_CRITERIA + WEIGHT_CRITERIA
-LAYER_NORMS = ("none", "l2", "mean", "max")
-REDUCTIONS = ("sum", "mean", "max", "min")
-_SCORED_KINDS = ("conv", "convT", "linear", "dwconv")
+PRUNER_CRITERIA = tuple(DRIVER_CRITERIA)
+GRAD_CRITERIA = tuple(c for c, (f, _) in DRIVER_CRITERIA.items() if _criteria.REGISTRY[f].needs_grads)
+#: criteria that need no gradients: ``accumulate`` runs one backward pass, not T, and ``prune``
+#: may be called without ``accumulate``.
+WEIGHT_CRITERIA = tuple(c for c in PRUNER_CRITERIA if c not in GRAD_CRITERIA)
 
 
 @dataclass
@@ -67,6 +64,9 @@ class PruneReport:
     layer_channels: Dict[str, Tuple[int, int]] = field(default_factory=dict)
     group_scores: List[float] = field(default_factory=list)
     batches: int = 0
+    #: channel groups left out of the ranking because no batch since the last prune gave them a
+    #: finite score (NaN/Inf gradients or weights), with the number of non-finite batches
+    nonfinite_groups: Dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -124,10 +124,16 @@ class MultiTaskPruner:
         round_to: keep counts are kept multiples of this (channel groups are pruned in chunks).
         ranking: ``"global"`` (one ranking over all groups) or ``"uniform"`` (the same fraction of
             every coupled layer set).
-        layer_norm: per-layer normalisation of filter scores before ranking: ``none``, ``l2``
-            (divide by the layer's L2 norm), ``mean``, ``max``.
-        group_reduction: how a group's member filters' scores combine: ``sum`` (default), ``mean``,
-            ``max``, ``min``.
+        layer_norm: per-layer normalisation of scores before ranking: ``none``, ``l2`` (divide by
+            the layer's L2 norm), ``mean``, ``max`` (group scope: the groups whose first member is
+            the layer).
+        scope: ``"group"`` (default): every criterion is applied once per channel group, to the
+            summed statistics of all its producer-side parameters (weight rows, biases, norm
+            gamma/beta, depthwise filters, coupled residual members), so ``taylor`` is gate Taylor.
+            ``"filter"``: the authors' code: per conv/linear weight filter, member scores combined
+            by ``group_reduction``.
+        group_reduction: ``scope="filter"`` only: how a group's member filters' scores combine:
+            ``sum`` (default), ``mean``, ``max``, ``min``.
         score_accumulation: ``"mean"`` (mean over batches since the last prune, the paper's code)
             or ``("ema", momentum)``.
         task_weights: per-task loss weights (dict or sequence): ``p.grad = sum_t w_t g_t`` and the
@@ -158,6 +164,7 @@ class MultiTaskPruner:
         ranking: str = "global",
         layer_norm: str = "none",
         group_reduction: str = "sum",
+        scope: str = "group",
         score_accumulation: Union[str, Tuple[str, float], List] = "mean",
         task_weights: Optional[Union[Mapping[str, float], Sequence[float]]] = None,
         mode: str = "compact",
@@ -175,6 +182,8 @@ class MultiTaskPruner:
             raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
         if group_reduction not in REDUCTIONS:
             raise ValueError(f"group_reduction must be one of {REDUCTIONS}, got {group_reduction!r}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         if mode not in ("compact", "mask"):
             raise ValueError(f"mode must be 'compact' or 'mask', got {mode!r}")
         if grad_mode not in ("loop", "batched"):
@@ -203,6 +212,7 @@ class MultiTaskPruner:
         self.ranking = ranking
         self.layer_norm = layer_norm
         self.group_reduction = group_reduction
+        self.scope = scope
         self.score_accumulation = score_accumulation if isinstance(score_accumulation, str) else ["ema", self._ema]
         if isinstance(task_weights, Mapping):
             unknown = set(task_weights) - set(self.tasks)
@@ -233,7 +243,9 @@ class MultiTaskPruner:
         self.num_batches = 0          # batches accumulated since the last prune
         self.total_batches = 0        # accumulate() calls in all
         self.num_prunes = 0
-        self._acc: Optional[Tensor] = None
+        self._acc = ScoreAccumulator(self._ema)
+        self._scorer = Scorer(criterion, scope, tw, backend, self.generator)
+        self._warned_tasks: set = set()
         self._batched_ok: Optional[bool] = None
         self._hooks: list = []
         self.extra: Dict[str, Any] = {}
@@ -255,20 +267,9 @@ class MultiTaskPruner:
                 "are left unpruned: " + ", ".join(self.unsupported), UserWarning, stacklevel=3)
             self.warn_unsupported = False  # once per pruner
         self._modules = dict(self.model.named_modules())
-        self._scored = [n for n, i in self.an.layers.items()
-                        if (i.kind == "norm" if self.criterion == "bn_scale" else i.kind in _SCORED_KINDS)
-                        and (i.out_groups >= 0).any()
-                        and getattr(self._modules[n], "weight", None) is not None]
-        if self.criterion == "bn_scale" and not self._scored:
+        self._scorer.layout(self.an, self._modules)
+        if self.criterion == "bn_scale" and not self._scorer.members:
             raise ValueError("criterion 'bn_scale' needs BatchNorm layers with affine weights in prunable groups")
-        self._row_groups = (torch.cat([self.an.layers[n].out_groups for n in self._scored])
-                            if self._scored else torch.zeros(0, dtype=torch.int64))
-        sizes = [self.an.layers[n].out_groups.numel() for n in self._scored]
-        self._row_layer = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.int64))
-
-    def _scored_weight(self, name: str) -> Tensor:
-        w = self._modules[name].weight
-        return w.transpose(0, 1) if self.an.layers[name].kind == "convT" else w
 
     # ------------------------------------------------------------------------------- counts
     def prunable_channels(self) -> int:
@@ -314,6 +315,11 @@ class MultiTaskPruner:
         for t, v in zip(self.tasks, vals):
             if not isinstance(v, Tensor) or v.numel() != 1:
                 raise ValueError(f"loss of task {t!r} must be a scalar tensor")
+            if not v.requires_grad and t not in self._warned_tasks:
+                # a detached loss would silently count as a zero gradient for that task
+                warnings.warn(f"the loss of task {t!r} does not require grad (detached, or computed "
+                              "under no_grad): it contributes no gradient and no score", UserWarning, stacklevel=3)
+                self._warned_tasks.add(t)
             out.append(v.reshape(()) if v.requires_grad else None)
         return out
 
@@ -345,57 +351,71 @@ class MultiTaskPruner:
         return grads
 
     def accumulate(self, losses, *, retain_graph: bool = False) -> Tensor:
-        """Per-task gradients of one minibatch -> per-filter scores, accumulated.
+        """Per-task gradients of one minibatch -> scores, accumulated.
 
         Leaves ``p.grad += sum_t w_t dL_t/dp`` on every trainable parameter (as ``backward`` on
         the weighted summed loss would), so the caller then runs ``optimizer.step()``.
-        Returns this batch's per-filter scores (rows of the scored layers).
+        Returns this batch's float64 scores: one per channel group (``scope="group"``) or per
+        scored filter (``scope="filter"``); empty for criteria that need no gradients (they run
+        one backward pass and score the weights at ``prune`` time).
         """
         loss_list = self._loss_list(losses)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grads = self._task_grads(loss_list, params, retain_graph)
         tw = self.task_weights or [1.0] * len(self.tasks)
-        with torch.no_grad():
-            tots: List[Optional[Tensor]] = []
-            for j, p in enumerate(params):
-                tot = None
-                for t in range(len(self.tasks)):
-                    g = grads[t][j]
-                    if g is None:
-                        continue
-                    tot = g * tw[t] if tot is None else tot.add_(g, alpha=tw[t])
-                if tot is not None and self.mode == "mask":
-                    tot = self._mask_tensor(p, tot)
-                tots.append(tot)
-            if self._sync_grads():
-                tots = self._allreduce_grads(params, tots)
-            for p, tot in zip(params, tots):
-                if tot is None:
-                    continue
-                if p.grad is None:
-                    p.grad = tot.detach()
-                else:
-                    p.grad.add_(tot)
-        if not self._scored:  # nothing prunable: count the batch all the same
-            s = torch.zeros(0, dtype=torch.float64)
-            self._acc_update(s)
-            return s
+        if self._scorer.needs_grads:
+            grads = self._task_grads(loss_list, params, retain_graph)
+            self._set_grads(params, grads, tw)
+        else:
+            self._set_grads(params, [self._summed_loss_grads(loss_list, params, retain_graph)], [1.0])
+        self.num_batches += 1
+        self.total_batches += 1
+        if not self._scorer.needs_grads:
+            return torch.zeros(0, dtype=torch.float64)
+        if not self._scorer.members:  # nothing prunable: count the batch all the same
+            self._acc.update(torch.zeros(0, dtype=torch.float64))
+            return torch.zeros(0, dtype=torch.float64)
         index = {id(p): j for j, p in enumerate(params)}
-        weights, wgrads = [], []
-        for n in self._scored:
-            w = self._modules[n].weight
+
+        def grad_of(w: Tensor) -> List[Tensor]:
             j = index.get(id(w))
-            per_task = []
-            for t in range(len(self.tasks)):
-                g = grads[t][j] if j is not None else None
-                per_task.append(torch.zeros_like(w) if g is None else g)
-            if self.an.layers[n].kind == "convT":
-                per_task = [g.transpose(0, 1) for g in per_task]
-            weights.append(self._scored_weight(n).detach())
-            wgrads.append([g.detach() for g in per_task])  # T tensors, not a stacked copy of them
-        s = self._score(weights, wgrads)
-        self._acc_update(s)
-        return s
+            return [torch.zeros_like(w) if j is None or g[j] is None else g[j] for g in grads]
+
+        s = self._scorer.batch_scores(grad_of)
+        self._acc.update(s)
+        return s.cpu()
+
+    def _summed_loss_grads(self, losses: List[Optional[Tensor]], params: List[Tensor], retain_graph: bool):
+        """``[P]`` gradients of ``sum_t w_t L_t`` (one backward: weight-only criteria)."""
+        tw = self.task_weights or [1.0] * len(self.tasks)
+        live = [(w, l) for w, l in zip(tw, losses) if l is not None]
+        if not live:
+            return [None] * len(params)
+        total = sum(w * l for w, l in live)
+        return list(torch.autograd.grad(total, params, retain_graph=retain_graph, allow_unused=True))
+
+    @torch.no_grad()
+    def _set_grads(self, params: List[Tensor], grads: List[List[Optional[Tensor]]], tw: List[float]) -> None:
+        """``p.grad += sum_t tw_t grads_t`` (one list per task, or one list already summed),
+        masked in mask mode and averaged across ranks when asked."""
+        tots: List[Optional[Tensor]] = []
+        for j, p in enumerate(params):
+            tot = None
+            for t, gl in enumerate(grads):
+                g = gl[j]
+                if g is not None:
+                    tot = g * tw[t] if tot is None else tot.add_(g, alpha=tw[t])
+            if tot is not None and self.mode == "mask":
+                tot = self._mask_tensor(p, tot)
+            tots.append(tot)
+        if self._sync_grads():
+            tots = self._allreduce_grads(params, tots)
+        for p, tot in zip(params, tots):
+            if tot is None:
+                continue
+            if p.grad is None:
+                p.grad = tot.detach()
+            else:
+                p.grad.add_(tot)
 
     def _sync_grads(self) -> bool:
         if self.sync_grads == "auto":
@@ -421,39 +441,18 @@ class MultiTaskPruner:
                 off += n
         return full
 
-    def _score(self, weights: List[Tensor], wgrads: List[Tensor]) -> Tensor:
-        stats = _ops.filter_stats_many(weights, wgrads, backend=self.backend, names=self._scored)
-        crit = _ALIASES.get(self.criterion, self.criterion)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning) if len(self.tasks) > 1 else None
-            s = _criteria.score(stats, crit, task_weights=self.task_weights, generator=self.generator)
-        return s.to(torch.float64).cpu()
-
-    def _acc_update(self, s: Tensor) -> None:
-        if self._acc is None or self._acc.shape != s.shape:
-            self._acc = s.clone()
-        elif self._ema is None:
-            self._acc += s
-        else:
-            self._acc.mul_(self._ema).add_(s, alpha=1.0 - self._ema)
-        self.num_batches += 1
-        self.total_batches += 1
-
     def scores(self) -> Tensor:
-        """The accumulated per-filter scores (rows of the scored layers), all-reduced across ranks
-        when ``torch.distributed`` is initialised."""
-        if self._acc is None or self.num_batches == 0:
-            if self.criterion in GRAD_CRITERIA:
-                raise RuntimeError(f"criterion {self.criterion!r} needs gradients: call accumulate() before prune()")
-            weights = [self._scored_weight(n).detach() for n in self._scored]
-            grads = [torch.zeros((1,) + tuple(w.shape), dtype=w.dtype, device=w.device) for w in weights]
-            stats = _ops.filter_stats_many(weights, grads, backend=self.backend)
-            crit = _ALIASES.get(self.criterion, self.criterion)
-            acc, count = _criteria.score(stats, crit, generator=self.generator).to(torch.float64).cpu(), 1
+        """The accumulated float64 scores (per group, or per scored filter with
+        ``scope="filter"``), averaged across ranks when ``torch.distributed`` is initialised. NaN
+        where no batch since the last prune gave a finite score. Criteria that need no gradients
+        score the current weights."""
+        if not self._scorer.needs_grads:
+            acc = self._scorer.weight_scores().cpu()
         else:
-            acc, count = self._acc.clone(), self.num_batches
-        if self._ema is None:
-            acc = acc / count
+            acc = self._acc.value()
+            if acc is None:
+                raise RuntimeError(f"criterion {self.criterion!r} needs gradients: call accumulate() before prune()")
+            acc = acc.cpu()
         if dist.is_available() and dist.is_initialized():
             backend = dist.get_backend()
             dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
@@ -462,40 +461,26 @@ class MultiTaskPruner:
             acc = buf.cpu() / dist.get_world_size()
         return acc
 
+    def _nonfinite_groups(self) -> Dict[int, int]:
+        """Alive groups with no finite score since the last prune -> their non-finite batches."""
+        if not self._scorer.needs_grads or self._acc.acc is None:
+            return {}
+        dead = (self._acc.count == 0).cpu()
+        bad = self._acc.nonfinite.cpu()
+        rows = torch.nonzero(dead & (bad > 0)).flatten()
+        groups = rows if self.scope == "group" else self._scorer.row_groups[rows]
+        out: Dict[int, int] = {}
+        for r, g in zip(rows.tolist(), groups.tolist()):
+            if g >= 0 and bool(self._alive[g]):
+                out[g] = max(out.get(g, 0), int(bad[r]))
+        return out
+
     # ------------------------------------------------------------------------------- ranking
     def group_scores(self) -> Tensor:
-        """``[G]`` float64 score of every channel group (``inf`` for groups with no scored member)."""
-        rows = self.scores()
-        rows = torch.nan_to_num(rows, nan=math.inf)  # a NaN score never gets a filter pruned
-        if self.layer_norm != "none" and rows.numel():
-            out = rows.clone()
-            live = _hit(self._row_groups, self._alive)
-            for l in range(len(self._scored)):
-                sel = (self._row_layer == l) & live  # prunable, not yet pruned (mask mode) rows
-                v = rows[sel]
-                v = v[torch.isfinite(v)]
-                if v.numel() == 0:
-                    continue
-                if self.layer_norm == "l2":
-                    d = v.norm()
-                elif self.layer_norm == "mean":
-                    d = v.abs().mean()
-                else:
-                    d = v.abs().max()
-                if d > 0:
-                    out[self._row_layer == l] = rows[self._row_layer == l] / d
-            rows = out
-        G = self.an.num_groups
-        valid = self._row_groups >= 0
-        g = self._row_groups[valid]
-        v = rows[valid]
-        red = {"sum": "sum", "mean": "mean", "max": "amax", "min": "amin"}[self.group_reduction]
-        init = torch.zeros(G, dtype=torch.float64)
-        gs = init.scatter_reduce(0, g, v, reduce=red, include_self=False)
-        has = torch.zeros(G, dtype=torch.bool)
-        has[g] = True
-        gs[~has] = math.inf
-        return gs
+        """``[G]`` float64 score of every channel group; ``inf`` (never pruned) for groups with no
+        scored member or no finite score."""
+        return self._scorer.group_scores(self.scores(), self._alive, self.layer_norm, self.group_reduction)
+
 
     def _components(self, alive: Tensor):
         """Coupled layer sets: groups joined by the layers they share."""
@@ -637,16 +622,23 @@ class MultiTaskPruner:
         before = self.num_channels()
         layer_before = self.layer_channels()
         gscore = self.group_scores() if n > 0 else torch.zeros(self.an.num_groups, dtype=torch.float64)
+        nonfinite = self._nonfinite_groups() if n > 0 else {}
         picked = self.select(n, gscore) if n > 0 else []
+        if nonfinite:
+            warnings.warn(f"prune({n}): {len(nonfinite)} channel groups had no finite score in the "
+                          f"{self.num_batches} batches since the last prune (NaN/Inf gradients or weights) "
+                          "and were not considered; PruneReport.nonfinite_groups lists them", UserWarning, stacklevel=2)
         if len(picked) < n:
             warnings.warn(f"prune({n}): only {len(picked)} channel groups could be pruned under the "
-                          "minimum-channel rules", UserWarning, stacklevel=2)
+                          "minimum-channel rules" + (" and without the non-finite groups" if nonfinite else ""),
+                          UserWarning, stacklevel=2)
         pruned = torch.zeros(self.an.num_groups, dtype=torch.bool)
         if picked:
             pruned[torch.tensor(picked)] = True
         report = PruneReport(step=self.num_prunes, requested=n, pruned=len(picked),
                              channels_before=before, channels_after=before,
-                             group_scores=[float(gscore[g]) for g in picked], batches=self.num_batches)
+                             group_scores=[float(gscore[g]) for g in picked], batches=self.num_batches,
+                             nonfinite_groups=nonfinite)
         for name, info in self.an.layers.items():
             og = info.out_groups
             hit = _hit(og, pruned)
@@ -665,7 +657,7 @@ class MultiTaskPruner:
         report.layer_channels = {k: (layer_before[k], after[k]) for k in layer_before if layer_before[k] != after[k]}
         report.channels_after = self.num_channels()
         self.num_prunes += 1
-        self._acc = None
+        self._acc.reset()
         self.num_batches = 0
         self.history.append(report.to_dict())
         return report
@@ -881,7 +873,7 @@ class MultiTaskPruner:
         return {
             "tasks": list(self.tasks), "criterion": self.criterion, "exclude": list(self.exclude),
             "min_channels": self.min_channels, "round_to": self.round_to, "ranking": self.ranking,
-            "layer_norm": self.layer_norm, "group_reduction": self.group_reduction,
+            "layer_norm": self.layer_norm, "group_reduction": self.group_reduction, "scope": self.scope,
             "score_accumulation": self.score_accumulation, "task_weights": self.task_weights,
             "mode": self.mode, "seed": self.seed, "grad_mode": self.grad_mode, "backend": self.backend,
             "sync_grads": self.sync_grads,
@@ -889,10 +881,10 @@ class MultiTaskPruner:
 
     def state_dict(self) -> Dict[str, Any]:
         return {
-            "version": 1,
+            "version": 2,
             "config": self.config(),
             "architecture": architecture(self.model),
-            "acc": None if self._acc is None else self._acc.clone(),
+            "scores": {k: None if v is None else v.clone() for k, v in self._acc.state_dict().items()},
             "num_batches": self.num_batches,
             "total_batches": self.total_batches,
             "num_prunes": self.num_prunes,
@@ -914,8 +906,8 @@ class MultiTaskPruner:
         if sd["alive"].numel() != self.an.num_groups:
             raise ValueError(f"the pruner state has {sd['alive'].numel()} channel groups, this model "
                              f"{self.an.num_groups} (another exclude list?)")
-        self._acc = None if sd["acc"] is None else sd["acc"].clone()
         self.num_batches = int(sd["num_batches"])
+        self._acc.load_state_dict(sd.get("scores", {"acc": sd.get("acc")}), self.num_batches)
         self.total_batches = int(sd["total_batches"])
         self.num_prunes = int(sd["num_prunes"])
         self.history = copy.deepcopy(list(sd["history"]))
@@ -932,7 +924,7 @@ class MultiTaskPruner:
         ``extra`` (e.g. ``{"schedule": sched.state_dict(), "step": i}``) comes back as
         ``pruner.extra`` after :meth:`resume` / :meth:`load`."""
         ckpt: Dict[str, Any] = {"format": "mtlkernels.pruner/1", "pruner": self.state_dict(),
-                                "extra": extra or {}}
+                                "extra": extra or {}, "fingerprint": fingerprint(self.model)}
         if include_model:
             ckpt["architecture"] = architecture(self.model)
             ckpt["state_dict"] = self.model.state_dict()
@@ -944,18 +936,24 @@ class MultiTaskPruner:
     def load(cls, path, model: nn.Module, *, example_inputs, optimizer=None, **overrides) -> "MultiTaskPruner":
         """A pruner for an already restored ``model`` (and ``optimizer``), with the saved config
         (``overrides`` replace entries) and state."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        return cls._from_checkpoint(ckpt, model, example_inputs, optimizer, overrides)
+        ckpt = read_kind(path, ("pruner",), map_location="cpu")
+        check_fingerprint(model, ckpt.get("fingerprint"), path)
+        return cls._from_checkpoint(ckpt, model, example_inputs, optimizer, overrides, path)
 
     @classmethod
-    def _from_checkpoint(cls, ckpt: dict, model: nn.Module, example_inputs, optimizer, overrides: dict):
+    def _from_checkpoint(cls, ckpt: dict, model: nn.Module, example_inputs, optimizer, overrides: dict,
+                         path="<checkpoint>"):
         sd = ckpt["pruner"]
         cfg = dict(sd["config"])
+        cfg.setdefault("scope", "filter")  # format-1 files predate group scoring: per-filter scores
         cfg.update(overrides)
         tasks = cfg.pop("tasks")
         crit = cfg.pop("criterion")
         pr = cls(model, tasks, crit, example_inputs=example_inputs, optimizer=optimizer, **cfg)
-        pr.load_state_dict(sd)
+        try:
+            pr.load_state_dict(sd)
+        except ValueError as e:
+            raise CheckpointError(f"{os.fspath(path)}: {e}") from e
         pr.extra = ckpt.get("extra", {})
         return pr
 
@@ -967,12 +965,8 @@ class MultiTaskPruner:
         architecture -> saved weights; ``optimizer_fn(model.parameters())`` -> saved optimizer
         state; the pruner with its saved config and state. Use ``pruner.model`` and
         ``pruner.optimizer`` afterwards."""
-        ckpt = torch.load(path, map_location=map_location or "cpu", weights_only=False)
-        if "state_dict" not in ckpt:
-            raise ValueError(f"{path} holds no model (saved with include_model=False): use MultiTaskPruner.load")
-        model = constructor()
-        apply_architecture(model, ckpt["architecture"], ckpt["state_dict"])
-        model.load_state_dict(ckpt["state_dict"])
+        ckpt = read_kind(path, ("pruner",), map_location=map_location or "cpu")
+        model = model_from_checkpoint(constructor, ckpt, path)
         ex = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
         if isinstance(ex, Tensor):
             model.to(ex.device)  # the optimizer must see the parameters on their final device
@@ -981,4 +975,4 @@ class MultiTaskPruner:
             opt = optimizer_fn(model.parameters())
             if "optimizer" in ckpt:
                 opt.load_state_dict(ckpt["optimizer"])
-        return cls._from_checkpoint(ckpt, model, example_inputs, opt, overrides)
+        return cls._from_checkpoint(ckpt, model, example_inputs, opt, overrides, path)
