@@ -9,12 +9,16 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_gpu_bench():
+def _load(name):
     sys.path.insert(0, os.path.join(ROOT, "bench"))
-    spec = importlib.util.spec_from_file_location("gpu_bench", os.path.join(ROOT, "bench", "gpu_bench.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_gpu_bench():
+    return _load("gpu_bench")
 
 
 def test_gpu_bench_smoke_on_cpu(tmp_path):
@@ -33,3 +37,12 @@ def test_gpu_bench_smoke_on_cpu(tmp_path):
         assert c["providers"]["cpu"]["time_vs_best_kernel"] == 1.0
         assert c["bytes_read"] == (c["T"] + 1) * c["weights"] * (4 if c["dtype"] == "float32" else 2)
     assert len(gathers) == 1 and set(gathers[0]["providers"]) == {"cpu", "reference"}
+
+
+def test_pruner_step_bench_smoke(tmp_path):
+    out = tmp_path / "step.json"
+    res = _load("pruner_step_bench").main(["--smoke", "--out", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert set(res["step"]) == {"plain", "filter", "group"} and set(res["statistics"]) == {"filter", "group"}
+    assert all(v["median_ms"] > 0 for v in res["step"].values())
+    assert res["ratios"]["step_group_over_filter"] > 0
