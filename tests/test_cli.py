@@ -1,5 +1,6 @@
 """The study command line at tiny settings: outputs, resume, report rebuild, clear errors."""
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import torch
 
 from mtlkernels import cli
 from mtlkernels.study import Study, make_config
+from mtlkernels.study.config import StudyInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "16", "--n-train", "8", "--n-test", "2", "--steps", "2", "--batch-size", "2",
@@ -55,6 +57,17 @@ def test_study_outputs(study_dir):
     assert set(res["findings"]) == {"f1", "f2", "f3"}
 
 
+def _usage_error(capsys, argv) -> str:
+    """Run the CLI, expecting a one-line usage error (exit status 2, no traceback); its text."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 def test_rerun_resumes_and_report_rebuilds(study_dir, capsys):
     mtime = (study_dir / "baseline" / "result.json").stat().st_mtime
     assert cli.main(["study", "--out", str(study_dir)] + TINY) == 0  # everything done: nothing retrained
@@ -62,18 +75,142 @@ def test_rerun_resumes_and_report_rebuilds(study_dir, capsys):
     (study_dir / "report.md").unlink()
     assert cli.main(["report", "--out", str(study_dir)]) == 0
     assert (study_dir / "report.md").exists()
-    # other checkpoint-defining settings in the same folder: a clear error
-    with pytest.raises(SystemExit, match="other settings"):
-        cli.main(["train", "--out", str(study_dir)] + TINY + ["--steps", "5"])
 
 
-def test_errors(tmp_path):
-    with pytest.raises(SystemExit, match="data-root"):
-        cli.main(["train", "--preset", "paper", "--out", str(tmp_path / "p")])
-    with pytest.raises(SystemExit, match="unknown criterion"):
-        cli.main(["prune", "--out", str(tmp_path / "c"), "--criterion", "nope"] + TINY)
-    with pytest.raises(SystemExit, match="no study"):
-        cli.main(["report", "--out", str(tmp_path / "empty")])
+@pytest.mark.parametrize("change, flag", [(["--steps", "5"], "--steps"), (["--n-test", "3"], "--n-test"),
+                                          (["--threads", "2"], "--threads"), (["--seed", "1"], "--seed")])
+def test_rerun_with_other_results_settings_is_refused(study_dir, capsys, change, flag):
+    """Every setting that changes a result is a checkpoint key: a re-run that differs is refused, and
+    config.json is left as it was."""
+    config = (study_dir / "config.json").read_bytes()
+    err = _usage_error(capsys, ["train", "--out", str(study_dir)] + TINY + change)
+    assert "other settings" in err and flag in err
+    assert (study_dir / "config.json").read_bytes() == config
+
+
+def test_rerun_with_harmless_settings_keeps_config(study_dir):
+    config = (study_dir / "config.json").read_bytes()
+    # --criterion only picks stage folders; the baseline is done, so nothing runs
+    assert cli.main(["train", "--out", str(study_dir)] + TINY + ["--criterion", "random"]) == 0
+    assert (study_dir / "config.json").read_bytes() == config
+    assert "differs from config.json in criteria" in (study_dir / "log.txt").read_text()
+
+
+def test_checkpoint_keys_cover_every_setting():
+    from mtlkernels.study.config import CHECKPOINT_KEYS, NOT_CHECKPOINT_KEYS, StudyConfig
+
+    names = {f.name for f in dataclasses.fields(StudyConfig)}
+    assert set(CHECKPOINT_KEYS) | NOT_CHECKPOINT_KEYS == names
+    assert {"n_test", "eval_batch", "latency_repeats", "device", "threads", "data_root"} <= set(CHECKPOINT_KEYS)
+
+
+def test_errors(tmp_path, capsys):
+    assert "--data-root" in _usage_error(capsys, ["train", "--preset", "paper", "--out", str(tmp_path / "p")])
+    assert "unknown nope" in _usage_error(capsys, ["prune", "--out", str(tmp_path / "c"), "--criterion", "nope"] + TINY)
+    assert "no study" in _usage_error(capsys, ["report", "--out", str(tmp_path / "empty")])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+BAD = [(["--steps", "-5"], "--steps", ">= 1"), (["--steps", "0"], "--steps", ">= 1"),
+       (["--width", "0"], "--width", "> 0"), (["--batch-size", "0"], "--batch-size", ">= 2"),
+       (["--prune-amount", "0"], "--prune-amount", ">= 1"), (["--ft-steps", "-1"], "--ft-steps", ">= 0"),
+       (["--targets", "0.5", "0.5"], "--targets", "strictly increasing"), (["--targets", "1.5"], "--targets", "(0, 1)"),
+       (["--threads", "0"], "--threads", ">= 1"), (["--image-size", "3"], "--image-size", ">= 16"),
+       (["--n-train", "0"], "--n-train", "at least 1"), (["--n-test", "0"], "--n-test", "at least 1"),
+       (["--prune-every", "0"], "--prune-every", ">= 1"), (["--device", "foo"], "--device", "cpu, cuda"),
+       (["--lr", "nan"], "--lr", "> 0"), (["--lr", "1e-3x"], "--lr", "> 0"), (["--seed", "-1"], "--seed", ">= 0"),
+       (["--criterion", "taylor", "taylor"], "--criterion", "duplicates"),
+       (["--data-root", "/nonexistent/nyu"], "--data-root", "existing folder"),
+       (["--latency-repeats", "0"], "--latency-repeats", ">= 1"), (["--width", "inf"], "--width", "> 0")]
+
+
+@pytest.mark.parametrize("bad, flag, why", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_value_is_a_usage_error(tmp_path, capsys, bad, flag, why):
+    out = tmp_path / "o"
+    err = _usage_error(capsys, ["train", "--out", str(out)] + TINY + bad)
+    assert flag in err and why in err, err
+    assert not out.exists()  # refused before anything ran
+
+
+def test_bad_out_is_a_usage_error(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert "--out" in _usage_error(capsys, ["train", "--out", str(f)] + TINY)
+    assert "--out" in _usage_error(capsys, ["train", "--out", str(f / "below")] + TINY)
+    err = _usage_error(capsys, ["train", "--out", "/proc/self/mtlkernels-out"] + TINY)
+    assert "--out" in err and "cannot create" in err
+    nyu = tmp_path / "nyu"
+    nyu.mkdir()  # no train/ val/ inside
+    err = _usage_error(capsys, ["train", "--out", str(tmp_path / "n"), "--data", "nyuv2", "--data-root", str(nyu)] + TINY)
+    assert "--data-root" in err and "train" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_read_only_out_is_a_usage_error(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert "not writable" in _usage_error(capsys, ["train", "--out", str(ro)] + TINY)
+    finally:
+        ro.chmod(0o755)
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from mtlkernels import cli
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_full_disk_is_one_line_and_resumable(tmp_path):
+    out = tmp_path / "o"
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK, "train", "--out", str(out)] + TINY, capture_output=True,
+                       text=True, env=_env(), cwd=ROOT, timeout=300)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert "Traceback" not in r.stderr and len(err) == 1 and "cannot write" in err[0] and "--out" in err[0]
+    assert not list(out.rglob(".tmp-*"))
+    assert cli.main(["train", "--out", str(out)] + TINY) == 0  # with room again, the run resumes
+
+
+_HOLD = ("import os, signal, sys; from pathlib import Path; from mtlkernels.study.outdir import OutLock; "
+         "l = OutLock(Path(sys.argv[1])); print('locked', flush=True); "
+         "sys.stdin.read() if sys.argv[2] == 'wait' else os.kill(os.getpid(), signal.SIGKILL)")
+
+
+def test_second_run_on_one_out_is_refused(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out), "wait"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        err = _usage_error(capsys, ["train", "--out", str(out)] + TINY)
+        assert "another run" in err and f"pid {holder.pid}" in err
+        assert not (out / "config.json").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    # killed with the lock held: the kernel drops a dead process's flock, so nothing stale blocks
+    killed = subprocess.run([sys.executable, "-c", _HOLD, str(out), "die"], capture_output=True, env=_env(),
+                            cwd=ROOT, timeout=120)
+    assert killed.returncode == -9 and (out / ".lock").exists()
+    assert cli.main(["train", "--out", str(out)] + TINY) == 0
+
+
+def test_two_studies_in_one_process_on_one_out(tmp_path):
+    cfg = make_config("demo", **TINY_CFG, criteria=["taylor"], threads=1)
+    with Study(cfg, tmp_path / "o", progress=False, log=lambda m: None):
+        with pytest.raises(StudyInputError, match="another run"):
+            Study(cfg, tmp_path / "o", progress=False, log=lambda m: None)
+    Study(cfg, tmp_path / "o", progress=False, log=lambda m: None).close()  # released on leaving the with
 
 
 class _Stop(Exception):
@@ -93,18 +230,37 @@ def _interrupt_after(monkeypatch, module, n):
     monkeypatch.setattr(module, "batch_at", patched)
 
 
+TIMING = {"train_seconds", "latency_ms", "seconds"}
+
+
+def _untimed(x):
+    if isinstance(x, dict):
+        return {k: _untimed(v) for k, v in x.items() if k not in TIMING}
+    if isinstance(x, list):
+        return [_untimed(v) for v in x]
+    return x
+
+
+def _json(path):
+    return _untimed(json.loads(Path(path).read_text()))
+
+
+def _tiny_study(tmp_path, name):
+    torch.set_num_threads(1)
+    cfg = make_config("demo", **TINY_CFG, criteria=["taylor"], data_cache=str(tmp_path / "data"), threads=1)
+    return Study(cfg, tmp_path / name, progress=False, log=lambda m: None)
+
+
 def test_resume_is_exact(tmp_path, monkeypatch):
     """A stopped baseline / pruning run resumed from its checkpoints ends exactly where an
-    uninterrupted one does (same batches, same weights, same pruning decisions)."""
+    uninterrupted one does (same batches, same weights, same pruning decisions, same results)."""
     import mtlkernels.study.engine as engine
     import mtlkernels.study.runner as runner
 
-    torch.set_num_threads(1)
-    cfg = make_config("demo", **TINY_CFG, criteria=["taylor"], data_cache=str(tmp_path / "data"))
-    ref = Study(cfg, tmp_path / "ref", progress=False, log=lambda m: None)
+    ref = _tiny_study(tmp_path, "ref")
     ref.run(["train", "prune"])
     out = tmp_path / "stopped"
-    st = Study(cfg, out, progress=False, log=lambda m: None)
+    st = _tiny_study(tmp_path, "stopped")
     with monkeypatch.context() as mp:
         _interrupt_after(mp, engine, 2)  # stop inside the baseline, after its checkpoint at step 2
         with pytest.raises(_Stop):
@@ -121,10 +277,50 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     b = torch.load(out / "prune-taylor" / "level0.pt", weights_only=False)
     assert a["architecture"] == b["architecture"]
     for k in a["state_dict"]:
-        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5)
-    ra = json.loads((tmp_path / "ref" / "prune-taylor" / "state.json").read_text())["results"]
-    rb = json.loads((out / "prune-taylor" / "state.json").read_text())["results"]
-    assert [r["backbone_filters"] for r in ra] == [r["backbone_filters"] for r in rb]
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    # train_losses averages the last steps of the whole run, not of the resumed process only
+    assert _json(tmp_path / "ref" / "baseline" / "result.json") == _json(out / "baseline" / "result.json")
+    assert _json(tmp_path / "ref" / "prune-taylor" / "state.json")["results"] == \
+        _json(out / "prune-taylor" / "state.json")["results"]
+
+
+def test_stop_between_model_and_result_of_the_baseline(tmp_path, monkeypatch):
+    import mtlkernels.study.runner as runner
+
+    ref = _tiny_study(tmp_path, "ref")
+    ref.train()
+    st = _tiny_study(tmp_path, "stopped")
+    with monkeypatch.context() as mp:
+        mp.setattr(runner, "evaluate", lambda *a, **k: (_ for _ in ()).throw(_Stop()))  # after model.pt
+        with pytest.raises(_Stop):
+            st.train()
+    assert (tmp_path / "stopped" / "baseline" / "model.pt").exists()
+    assert not (tmp_path / "stopped" / "baseline" / "result.json").exists()
+    res = st.train()
+    assert res["train_losses"] and _untimed(res) == _json(tmp_path / "ref" / "baseline" / "result.json")
+
+
+def test_retrained_level_is_committed_whole(tmp_path, monkeypatch):
+    """level<i>.json marks a retrained level done: it is written after the level's model, so a stop
+    between the two redoes the level instead of skipping it without its model."""
+    import mtlkernels.study.runner as runner
+
+    st = _tiny_study(tmp_path, "o")
+    st.prune("taylor")
+    orig = runner.save_pruned
+
+    def failing(model, path, extra=None):
+        if Path(path).parent.name == "retrain-taylor" and Path(path).name == "level0.pt":
+            raise _Stop()
+        return orig(model, path, extra)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(runner, "save_pruned", failing)
+        with pytest.raises(_Stop):
+            st.retrain("taylor")
+    st.retrain("taylor")
+    d = tmp_path / "o" / "retrain-taylor"
+    assert (d / "level0.json").exists() and (d / "level0.pt").exists() and not (d / "level0-ckpt.pt").exists()
 
 
 def test_python_m_help():

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-__all__ = ["StudyConfig", "PRESETS", "make_config", "CHECKPOINT_KEYS"]
+__all__ = ["StudyConfig", "PRESETS", "make_config", "CHECKPOINT_KEYS", "NOT_CHECKPOINT_KEYS", "RANGES", "Range",
+           "StudyInputError", "check_config", "check_resumable", "flag"]
 
 
 @dataclass
@@ -51,6 +53,7 @@ class StudyConfig:
     # misc
     seed: int = 0
     device: str = "cpu"
+    threads: Optional[int] = None  # torch intra-op CPU threads (None: as set); CPU results depend on it
     ckpt_every: int = 100
     preset: str = "demo"
 
@@ -70,12 +73,91 @@ class StudyConfig:
         return kw
 
 
-#: Fields that identify the checkpoints in an output directory: a resumed run must agree on them.
-CHECKPOINT_KEYS = (
-    "model", "width", "bn", "pools", "head_channels", "rates", "merge", "dataset", "data_root",
-    "n_train", "image_size", "train_steps", "batch_size", "lr", "weight_decay", "flip", "levels",
-    "prune_every", "prune_amount", "level_ft_steps", "prune_lr", "min_channels", "ranking", "seed",
-)
+class StudyInputError(ValueError):
+    """A setting of the study that cannot run (out of range, inconsistent, or at odds with the
+    checkpoints in ``--out``). The message starts with the command-line flag it is about."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of config field ``name``."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+_FLAGS = {"train_steps": "--steps", "levels": "--targets", "level_ft_steps": "--ft-steps", "dataset": "--data",
+          "criteria": "--criterion"}
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric setting: ``kind`` (int or float), bounds, open or closed."""
+    kind: type
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.lo is not None and self.hi is not None:
+            return (f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                    f"{')' if self.hi_open else ']'}")
+        if self.lo is not None:
+            return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
+        return what
+
+    def ok(self, v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        if self.kind is int and not isinstance(v, int):
+            return False
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def parse(self, text: str):
+        """``text`` as a valid value, or ``ValueError`` naming the range (for argparse ``type=``)."""
+        try:
+            v = self.kind(text)
+        except ValueError:
+            v = None
+        if v is None or not self.ok(v):
+            raise ValueError(f"must be {self.describe()}, got {text!r}")
+        return v
+
+
+#: Valid values of every numeric setting: the CLI parses its flags with these, and
+#: :func:`check_config` checks a config built in Python against them.
+RANGES: Dict[str, Range] = {
+    "width": Range(float, 0, lo_open=True), "pools": Range(int, 0, 4), "head_channels": Range(int, 1),
+    "n_train": Range(int, 0), "n_val": Range(int, 0), "n_test": Range(int, 0), "image_size": Range(int, 0),
+    # batch norm needs two values per channel, and the last feature map of a small image is 1x1
+    "train_steps": Range(int, 1), "batch_size": Range(int, 2), "lr": Range(float, 0, lo_open=True),
+    "weight_decay": Range(float, 0), "levels": Range(float, 0, 1, lo_open=True, hi_open=True),
+    "prune_every": Range(int, 1), "prune_amount": Range(int, 1), "level_ft_steps": Range(int, 0),
+    "prune_lr": Range(float, 0, lo_open=True), "min_channels": Range(int, 1), "eval_batch": Range(int, 1),
+    "latency_batch": Range(int, 1), "latency_repeats": Range(int, 1), "seed": Range(int, 0),
+    "ckpt_every": Range(int, 1), "threads": Range(int, 1),
+}
+
+#: Settings that cannot change any saved result, so a resumed run may differ in them; every other
+#: field is a checkpoint key (a new field is one unless it is listed here with its reason).
+NOT_CHECKPOINT_KEYS = {
+    # which stage folders run: each prune-/retrain-<criterion> folder depends on its criterion only
+    # (its batch stream and its files are named after it)
+    "criteria", "strategies",
+    # when checkpoints are written: a resumed run ends where an uninterrupted one does (tested)
+    "ckpt_every",
+    # a name; the values it stands for are the other fields
+    "preset",
+    # where rendered scenes are cached; the file name holds the split, n, size, seed and renderer hash
+    "data_cache",
+    # a split the study never reads; each split's scenes are seeded apart from the others'
+    "n_val",
+}
+
+CHECKPOINT_KEYS = tuple(f.name for f in dataclasses.fields(StudyConfig) if f.name not in NOT_CHECKPOINT_KEYS)
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # a few minutes on a 2-core CPU: 1/8-width VGG16, procedural 64x64 scenes
@@ -108,18 +190,90 @@ def make_config(preset: str = "demo", **overrides) -> StudyConfig:
     return StudyConfig.from_dict(d)
 
 
-def check_resumable(cfg: StudyConfig, out: Path) -> None:
-    """Write ``out/config.json`` or, if it exists, check the checkpoint-defining settings agree."""
+def _min_image_size(cfg: StudyConfig) -> int:
+    # each stride-2 VGG pool halves the map and a 1x1 map cannot be pooled again; the renderer and
+    # the 3x3 convs want a few pixels at least
+    return max(8, 2 ** cfg.pools) if cfg.model == "vgg16" else 8
+
+
+def _check_lists(cfg: StudyConfig) -> None:
+    from ..pruning import PRUNER_CRITERIA
+
+    r = RANGES["levels"]
+    if not cfg.levels or any(not r.ok(l) for l in cfg.levels) or any(
+            a >= b for a, b in zip(cfg.levels, cfg.levels[1:])):
+        raise StudyInputError(f"--targets {' '.join(map(str, cfg.levels))}: must be strictly increasing "
+                              f"fractions, each {r.describe()}")
+    for name, known in (("criteria", PRUNER_CRITERIA), ("strategies", ("iterative", "reinit"))):
+        vals = list(getattr(cfg, name))
+        bad = [v for v in vals if v not in known]
+        if not vals or bad or len(set(vals)) != len(vals):
+            why = f"unknown {', '.join(map(str, bad))}" if bad else "duplicates" if vals else "none given"
+            raise StudyInputError(f"{flag(name)} {' '.join(map(str, vals))}: {why}; choose distinct names "
+                                  f"from {', '.join(known)}")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise StudyInputError(f"--device {device}: must be cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index or 0) >= n:
+            raise StudyInputError(f"--device {device}: this machine has {n} CUDA device(s)")
+
+
+def check_config(cfg: StudyConfig) -> None:
+    """Raise :class:`StudyInputError` naming the flag if ``cfg`` cannot run (before anything runs)."""
+    for name, r in RANGES.items():
+        v = getattr(cfg, name)
+        if name != "levels" and not (v is None and name in ("head_channels", "threads")) and not r.ok(v):
+            raise StudyInputError(f"{flag(name)} {v!r}: must be {r.describe()}")
+    _check_lists(cfg)
+    if cfg.model not in ("vgg16", "resnet18", "resnet34"):
+        raise StudyInputError(f"--model {cfg.model}: choose vgg16, resnet18 or resnet34")
+    if cfg.dataset == "procedural":
+        for name in ("n_train", "n_test"):
+            if getattr(cfg, name) < 1:
+                raise StudyInputError(f"{flag(name)} {getattr(cfg, name)}: procedural scenes need at least 1")
+        lo = _min_image_size(cfg)
+        if cfg.image_size < lo:
+            raise StudyInputError(f"--image-size {cfg.image_size}: {cfg.model} (pools {cfg.pools}) needs "
+                                  f"an integer >= {lo}")
+    elif cfg.dataset == "nyuv2":
+        if not cfg.data_root:
+            raise StudyInputError("--data-root: the nyuv2 dataset (preset paper) needs the preprocessed NYUv2 "
+                                  "folder, with train/ and val/ holding image/ label/ depth/ normal/ <i>.npy files")
+    else:
+        raise StudyInputError(f"--data {cfg.dataset}: choose procedural or nyuv2")
+    _check_device(cfg.device)
+
+
+def _key_value(cfg_dict: Dict[str, Any], k: str):
+    v = cfg_dict.get(k, "(not recorded)")
+    # cuda and cuda:1 compute alike; cpu and cuda do not
+    return v.split(":")[0] if k == "device" and isinstance(v, str) else v
+
+
+def check_resumable(cfg: StudyConfig, out: Path) -> List[str]:
+    """Refuse (:class:`StudyInputError`) a run whose checkpoint keys differ from ``out/config.json``'s;
+    return the other settings that differ (they change no saved result)."""
     path = out / "config.json"
-    if path.exists():
+    if not path.exists():
+        return []
+    try:
         old = json.loads(path.read_text())
-        diff = [k for k in CHECKPOINT_KEYS if k in old and old[k] != getattr(cfg, k)]
-        if diff:
-            lines = ", ".join(f"{k}: saved {old[k]!r} vs now {getattr(cfg, k)!r}" for k in diff)
-            raise SystemExit(
-                f"error: {out} holds a run with other settings ({lines}); use another --out, or the "
-                f"same settings to resume it")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("config.json.tmp")
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=1))
-    tmp.replace(path)
+    except (OSError, ValueError) as exc:
+        raise StudyInputError(f"--out {out}: unreadable config.json ({exc}); use another --out") from None
+    now = cfg.to_dict()
+    diff = [k for k in CHECKPOINT_KEYS if _key_value(old, k) != _key_value(now, k)]
+    if diff:
+        lines = ", ".join(f"{flag(k)}: saved {old.get(k, '(not recorded)')!r}, now {now[k]!r}" for k in diff)
+        raise StudyInputError(f"--out {out} holds a run with other settings ({lines}); use another --out, or "
+                              f"the same settings to resume it")
+    return [k for k in NOT_CHECKPOINT_KEYS if k in old and old[k] != now[k]]

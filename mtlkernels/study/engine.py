@@ -1,8 +1,10 @@
 """Training, evaluation, latency and checkpoint helpers of the study."""
 from __future__ import annotations
 
+import io
 import math
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -15,21 +17,40 @@ from .. import metrics as M
 from ..data import MultiTaskDataset, build_dataset
 from ..models import build_model
 from .config import StudyConfig
+from .outdir import TEMP_PREFIX
 
 __all__ = [
-    "atomic_torch_save", "load_datasets", "constructor", "batch_at", "train_steps", "evaluate",
+    "atomic_torch_save", "atomic_write_text", "fault_point", "load_datasets", "constructor", "batch_at", "train_steps", "evaluate",
     "latency_ms", "backbone_filters", "make_optimizer", "head_conv_names",
 ]
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+_FAULT_HITS: Dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Test hook at a boundary between two writes: ``MTLKERNELS_STUDY_FAULT=name[:n]`` SIGKILLs the process
+    the n-th time (default: first) it passes ``name``, as a power cut or ``kill -9`` would."""
+    spec = os.environ.get("MTLKERNELS_STUDY_FAULT")
+    if not spec:
+        return
+    target, _, nth = spec.partition(":")
+    if target == name:
+        _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
+        if _FAULT_HITS[name] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point("atomic.rename")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -37,12 +58,16 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (a crash leaves the
+    old file or the new one, never a torn one)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)  # in memory first: a full disk then fails in write() with ENOSPC, not in torch's zip writer
+    _atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def load_datasets(cfg: StudyConfig, out: Path, progress: bool = True) -> Dict[str, MultiTaskDataset]:
@@ -103,17 +128,18 @@ def cosine_lr(base: float, step: int, total: int, floor: float = 0.05) -> float:
 
 def train_steps(model: nn.Module, opt: torch.optim.Optimizer, ds: MultiTaskDataset, cfg: StudyConfig, *,
                 start: int, stop: int, total: int, stream: int, base_lr: float, schedule: str = "cosine",
-                on_checkpoint: Optional[Callable[[int], None]] = None, desc: str = "train",
-                progress: bool = True) -> Dict[str, float]:
+                on_checkpoint: Optional[Callable[[int, Dict[str, list]], None]] = None, desc: str = "train",
+                progress: bool = True, recent: Optional[Dict[str, list]] = None) -> Dict[str, float]:
     """Train steps ``start..stop-1`` (of a run of ``total``) with the summed task losses.
 
-    Calls ``on_checkpoint(step)`` every ``cfg.ckpt_every`` steps and at the end. Returns the mean
-    task losses of the last 50 steps.
+    Calls ``on_checkpoint(step, recent)`` every ``cfg.ckpt_every`` steps and at the end, ``recent``
+    being the task losses of the last 50 steps; a resumed run passes the saved ``recent`` back, so
+    it returns the means an uninterrupted run would (``{}`` only when no step ever ran).
     """
     from tqdm import tqdm
 
     model.train()
-    recent: Dict[str, list] = {}
+    recent = {t: list(v) for t, v in (recent or {}).items()}
     bar = tqdm(range(start, stop), desc=desc, unit="step", leave=False, disable=not progress,
                initial=0, total=stop - start, dynamic_ncols=True)
     for step in bar:
@@ -132,9 +158,9 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, ds: MultiTaskDatas
         if progress and step % 10 == 0:
             bar.set_postfix({t: f"{sum(v) / len(v):.3f}" for t, v in recent.items()})
         if on_checkpoint is not None and ((step + 1) % cfg.ckpt_every == 0 and step + 1 < stop):
-            on_checkpoint(step + 1)
+            on_checkpoint(step + 1, recent)
     if on_checkpoint is not None:
-        on_checkpoint(stop)
+        on_checkpoint(stop, recent)
     return {t: sum(v) / len(v) for t, v in recent.items()}
 
 
