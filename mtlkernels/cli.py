@@ -156,12 +156,17 @@ def _write_failure(exc: BaseException) -> Optional[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .pruning.io import CheckpointError
     from .study.config import StudyInputError
 
     try:
         return _run(args)
     except StudyInputError as exc:
         parser.commands[args.command].error(str(exc))
+    except CheckpointError as exc:  # names the file and what is wrong with it
+        print(f"mtlkernels {args.command}: error: {exc}; delete that file to redo its work, or use another --out",
+              file=sys.stderr)
+        return 2
     except (OSError, RuntimeError) as exc:
         why = _write_failure(exc)
         if why is None:

@@ -141,7 +141,8 @@ def test_bad_out_is_a_usage_error(tmp_path, capsys):
     assert "--out" in err and "cannot create" in err
     nyu = tmp_path / "nyu"
     nyu.mkdir()  # no train/ val/ inside
-    err = _usage_error(capsys, ["train", "--out", str(tmp_path / "n"), "--data", "nyuv2", "--data-root", str(nyu)] + TINY)
+    err = _usage_error(capsys, ["train", "--out", str(tmp_path / "n"), "--data", "nyuv2", "--data-root", str(nyu)]
+                       + TINY)
     assert "--data-root" in err and "train" in err
 
 
@@ -370,3 +371,15 @@ def test_train_on_nyuv2_layout(tmp_path):
     res = json.loads((out / "baseline" / "result.json").read_text())
     assert set(res["metrics"]) == {"seg", "depth", "normal"}
     assert json.loads((out / "trivial.json").read_text())["class_names"][0] == "class0"
+
+
+def test_corrupted_checkpoint_is_one_line(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert cli.main(["train", "--out", str(out)] + TINY) == 0
+    (out / "baseline" / "result.json").unlink()  # as if killed before the commit: the checkpoint is read
+    ckpt = out / "baseline" / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(out)] + TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ckpt) in err[0] and "delete that file" in err[0]

@@ -19,11 +19,14 @@ ARGS = ["--image-size", "16", "--n-train", "8", "--n-test", "2", "--steps", "2",
         "--targets", "0.5", "0.9", "--prune-every", "1", "--prune-amount", "300", "--ft-steps", "1",
         "--latency-repeats", "1", "--no-progress", "--threads", "1", "--ckpt-every", "1", "--criterion", "taylor"]
 # In the order a run meets them; each entry is one run, killed there, that resumes the previous one.
+# "io:" points are inside one atomic write (mtlkernels.pruning.io, n-th write of the process: in the
+# first run config.json, in the third the first baseline checkpoint); the others are the study's.
 # A pid above any pid_max names the planted temporary file: its writer is surely dead.
 # (The prune.pruner after prune.level is the checkpoint of a finished level, which once overwrote
 # the file state.json still named.)
-CHAIN = ["atomic.rename", "trivial.written", "baseline.ckpt", "baseline.model", "baseline.done", "prune.pruner",
-         "prune.state", "prune.level", "prune.pruner", "prune.done", "retrain.ckpt", "retrain.model", "retrain.json"]
+CHAIN = ["io:after-temp-write@1", "trivial.written", "io:mid-temp-write@1", "baseline.ckpt", "baseline.model",
+         "baseline.done", "prune.pruner", "prune.state", "prune.level", "prune.pruner", "prune.done", "retrain.ckpt",
+         "retrain.model", "retrain.json"]
 STALE = ".tmp-ckpt.pt.4194305.deadbeef"
 TIMING = {"train_seconds", "latency_ms", "seconds"}
 
@@ -38,9 +41,11 @@ out, ref, args, chain, stale = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 def run(folder, fault):
     pid = os.fork()
     if pid == 0:
-        if fault:
-            os.environ["MTLKERNELS_STUDY_FAULT"] = fault
         os.environ.pop("MTLKERNELS_FAULT", None)
+        if fault and fault.startswith("io:"):
+            os.environ["MTLKERNELS_FAULT"] = fault[3:]
+        elif fault:
+            os.environ["MTLKERNELS_STUDY_FAULT"] = fault
         cfg = cli._config(cli.build_parser().parse_args(["retrain", "--out", folder] + args))
         with Study(cfg, folder, progress=False, log=lambda m: None) as s:  # the CLI less its report
             s.run(cli.STAGES["retrain"])

@@ -1,14 +1,12 @@
 """Training, evaluation, latency and checkpoint helpers of the study."""
 from __future__ import annotations
 
-import io
 import math
 import os
 import signal
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -17,11 +15,10 @@ from .. import metrics as M
 from ..data import MultiTaskDataset, build_dataset
 from ..models import build_model
 from .config import StudyConfig
-from .outdir import TEMP_PREFIX
 
 __all__ = [
-    "atomic_torch_save", "atomic_write_text", "fault_point", "load_datasets", "constructor", "batch_at", "train_steps", "evaluate",
-    "latency_ms", "backbone_filters", "make_optimizer", "head_conv_names",
+    "fault_point", "load_datasets", "constructor", "batch_at",
+    "train_steps", "evaluate", "latency_ms", "backbone_filters", "make_optimizer", "head_conv_names",
 ]
 
 
@@ -30,7 +27,8 @@ _FAULT_HITS: Dict[str, int] = {}
 
 def fault_point(name: str) -> None:
     """Test hook at a boundary between two writes: ``MTLKERNELS_STUDY_FAULT=name[:n]`` SIGKILLs the process
-    the n-th time (default: first) it passes ``name``, as a power cut or ``kill -9`` would."""
+    the n-th time (default: first) it passes ``name``, as a power cut or ``kill -9`` would. (The
+    points inside one atomic write are ``mtlkernels.pruning.io``'s ``MTLKERNELS_FAULT``.)"""
     spec = os.environ.get("MTLKERNELS_STUDY_FAULT")
     if not spec:
         return
@@ -39,35 +37,6 @@ def fault_point(name: str) -> None:
         _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
         if _FAULT_HITS[name] == int(nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point("atomic.rename")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (a crash leaves the
-    old file or the new one, never a torn one)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)  # in memory first: a full disk then fails in write() with ENOSPC, not in torch's zip writer
-    _atomic_write(path, lambda f: f.write(buf.getbuffer()))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def load_datasets(cfg: StudyConfig, out: Path, progress: bool = True) -> Dict[str, MultiTaskDataset]:

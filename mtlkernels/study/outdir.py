@@ -1,5 +1,4 @@
-"""The study's output folder: checked before use, locked while a run uses it, cleaned of the debris of
-a killed run."""
+"""The study's output folder: checked before use, locked while a run uses it."""
 from __future__ import annotations
 
 import errno
@@ -10,10 +9,7 @@ from typing import Optional
 
 from .config import StudyInputError
 
-__all__ = ["prepare_out", "OutLock", "remove_stale_temps", "TEMP_PREFIX"]
-
-#: Prefix of every temporary file the study writes (then renames over its final name).
-TEMP_PREFIX = ".tmp-"
+__all__ = ["prepare_out", "OutLock"]
 
 
 def prepare_out(out: Path) -> Path:
@@ -69,14 +65,3 @@ class OutLock:
 
     def __del__(self):
         self.release()
-
-
-def remove_stale_temps(folder: Path) -> int:
-    """Delete the ``.tmp-*`` files a killed writer left in ``folder`` and its subfolders. Only safe
-    while holding the folder's :class:`OutLock` (a live writer's temporary file looks the same)."""
-    n = 0
-    for p in Path(folder).rglob(TEMP_PREFIX + "*"):
-        if p.is_file():
-            p.unlink()
-            n += 1
-    return n

@@ -6,12 +6,12 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from .. import metrics as M
-from .engine import atomic_write_text
+from ..pruning.io import atomic_write_text
 
 __all__ = ["write_all", "write_csv", "make_figures", "make_report", "findings"]
 

@@ -29,11 +29,11 @@ import torch
 
 from .. import metrics as M
 from ..pruning import MultiTaskPruner, count_params_flops, load_pruned, save_pruned
-from ..pruning.io import model_from_checkpoint
+from ..pruning.io import (atomic_save, atomic_write_text, model_from_checkpoint, read_checkpoint,
+                          remove_stale_temps)
 from .config import StudyConfig, StudyInputError, check_config, check_resumable
-from .engine import (atomic_torch_save, atomic_write_text, backbone_filters, batch_at, constructor, evaluate,
-                     fault_point, head_conv_names, latency_ms, load_datasets, make_optimizer, train_steps)
-from .outdir import OutLock, prepare_out, remove_stale_temps
+from .engine import (backbone_filters, batch_at, constructor, evaluate, fault_point, head_conv_names, latency_ms, load_datasets, make_optimizer, train_steps)
+from .outdir import OutLock, prepare_out
 
 __all__ = ["Study", "TASKS"]
 
@@ -74,7 +74,7 @@ class Study:
     def _open(self, check: bool) -> None:
         cfg = self.cfg
         harmless = check_resumable(cfg, self.out) if check else []
-        remove_stale_temps(self.out)  # the lock is ours: no live writer owns these
+        remove_stale_temps(self.out)  # the temporaries of killed writers
         self.device = torch.device(cfg.device)
         t0 = time.perf_counter()
         try:
@@ -180,7 +180,7 @@ class Study:
         ckpt_path = d / "ckpt.pt"
         ck: Dict[str, Any] = {"step": 0, "recent": {}, "seconds": 0.0}
         if ckpt_path.exists():
-            ck = torch.load(ckpt_path, map_location=self.device, weights_only=False)
+            ck = read_checkpoint(ckpt_path, map_location=self.device)
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             self.log(f"[train] resuming the baseline at step {ck['step']}/{cfg.train_steps}")
@@ -188,7 +188,7 @@ class Study:
 
         def save(step: int, recent: Dict[str, list]) -> None:
             # the loss window travels with the weights: train_losses is then the same after a resume
-            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                "recent": recent, "seconds": time.perf_counter() - t0}, ckpt_path)
             fault_point("baseline.ckpt")
 
@@ -250,8 +250,8 @@ class Study:
         ckpt_path = d / f"level{li}-ckpt.pt"
         extra: Dict[str, Any] = {"step": 0, "recent": {}, "seconds": 0.0}
         if ckpt_path.exists():
-            ck = torch.load(ckpt_path, map_location=self.device, weights_only=False)
-            model = model_from_checkpoint(self.make, ck).to(self.device)
+            ck = read_checkpoint(ckpt_path, map_location=self.device)
+            model = model_from_checkpoint(self.make, ck, ckpt_path).to(self.device)
             opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
             opt.load_state_dict(ck["extra"]["optimizer"])
             extra = ck["extra"]
