@@ -26,6 +26,7 @@ if ! "$VPY" -c "import triton, numpy, ninja, pytest, pytest_benchmark, hypothesi
   echo "[bootstrap] installing requirements-dev.txt"
   pipq -r requirements-dev.txt
 fi
+"$VPY" -c "import torch_pruning" 2>/dev/null || pipq --no-deps "torch-pruning==1.6.1"  # interop test; --no-deps: never another torch
 # Rebuild the extension when its sources changed (or it does not load).
 stamp="$VENV/.mtl_build_stamp"
 hash=$(cat setup.py $(find csrc -type f | sort) | sha256sum | cut -d' ' -f1)
