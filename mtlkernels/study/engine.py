@@ -128,7 +128,7 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, ds: MultiTaskDatas
             bar.set_postfix({t: f"{sum(v) / len(v):.3f}" for t, v in recent.items()})
         if on_checkpoint is not None and ((step + 1) % cfg.ckpt_every == 0 and step + 1 < stop):
             on_checkpoint(step + 1, recent)
-    if on_checkpoint is not None:
+    if on_checkpoint is not None and stop > start:  # (start == stop: resumed from this very checkpoint)
         on_checkpoint(stop, recent)
     return {t: sum(v) / len(v) for t, v in recent.items()}
 
