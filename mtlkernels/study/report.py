@@ -235,11 +235,8 @@ def _verdict(ok: bool, partial: bool = False) -> str:
     return "**supported**" if ok else ("**partly supported**" if partial else "**not supported**")
 
 
-def make_report(res, out: Path) -> str:
-    cfg = res["config"]
-    tasks = res["tasks"]
-    base, triv = res.get("baseline"), res.get("trivial")
-    f = findings(res)
+def _report_setup(res) -> List[str]:
+    cfg, tasks = res["config"], res["tasks"]
     L: List[str] = []
     L.append("# Structured pruning of a multi-task network: study report\n")
     L.append(f"Preset `{cfg['preset']}`: {cfg['model']} (width x{cfg['width']}, BN {cfg['bn']}) with one ASPP head "
@@ -252,6 +249,13 @@ def make_report(res, out: Path) -> str:
              f"each level before it is evaluated, at least {cfg['min_channels']} filters kept per layer, global ranking. "
              f"Re-initialised retraining: each pruned architecture with fresh weights, trained with the baseline's "
              f"budget ({cfg['train_steps']} steps). All metrics are on the test split.\n")
+    return L
+
+
+def _report_baseline(res) -> List[str]:
+    cfg, tasks = res["config"], res["tasks"]
+    base, triv = res.get("baseline"), res.get("trivial")
+    L: List[str] = []
     if base:
         L.append("## Baseline vs trivial predictors\n")
         L.append("| task | metric | trivial | baseline |\n|---|---|---|---|")
@@ -284,6 +288,12 @@ def make_report(res, out: Path) -> str:
                      + " | ".join(f"{r['delta_m'].get(t, float('nan')):+.1f}%" for t in tasks)
                      + f" | {r['delta_m']['all']:+.1f}% |")
         L.append("")
+    return L
+
+
+def _report_findings(res) -> List[str]:
+    f = findings(res)
+    L: List[str] = []
     L.append("## The paper's three findings, as this run bears on them\n")
     f1 = f.get("f1")
     if f1 and f1["n"]:
@@ -326,6 +336,12 @@ def make_report(res, out: Path) -> str:
     else:
         L.append("**3. Re-initialised retraining does better at extreme pruning.** Not measured (no retrain results).")
     L.append("")
+    return L
+
+
+def _report_caveats(res) -> List[str]:
+    cfg = res["config"]
+    L: List[str] = []
     L.append("## Caveats\n")
     L.append("- One seed and one test split: differences of a point or two in delta_m are within run-to-run noise "
              "at this scale; the verdicts' tolerances are stated above, rerun with other `--seed`s before trusting "
@@ -345,12 +361,22 @@ def make_report(res, out: Path) -> str:
     if res["runs"] and all(len(v) == 1 for v in same.values()) and len(_criteria(res)) > 1:
         L.append(f"- At the last level every criterion leaves the same architecture (each layer at its minimum of "
                  f"{cfg['min_channels']} filters), so the criteria cannot differ there by construction.")
+    return L
+
+
+def make_report(res, out: Path) -> str:
+    """report.md: the setup, baseline vs trivial predictors, results per level, the paper's three
+    findings as this run bears on them, caveats, figures."""
+    tasks = res["tasks"]
+    L = _report_setup(res) + _report_baseline(res) + _report_findings(res) + _report_caveats(res)
     L.append("\n## Figures\n")
     for t in tasks + ["delta_m"]:
         L.append(f"![{t}](fig_{t}.png)")
     text = "\n".join(L) + "\n"
     atomic_write_text(out / "report.md", text)
     return text
+
+
 
 
 def write_all(res, out: Path) -> Dict[str, Any]:
