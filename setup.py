@@ -2,6 +2,7 @@
 
 Environment:
   FORCE_CUDA=1 / FORCE_CPU=1   build the CUDA kernels even without a visible GPU / never
+  TORCH_CUDA_ARCH_LIST         CUDA targets (default DEFAULT_CUDA_ARCH_LIST below)
   MTL_PORTABLE=1               no -march=native (for binaries that move between machines)
   DEBUG=1                      -O0 -g
   MAX_JOBS=N                   parallel compile jobs (ninja)
@@ -17,6 +18,11 @@ import torch
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# SASS for sm_80 and sm_90 (A100, H100/H200), and PTX of compute_90 that the driver compiles for
+# newer GPUs. Other 8.x GPUs run the sm_80 SASS; anything older than sm_80 has no image, and
+# mtlkernels._backend then reports the "cuda" backend unavailable there instead of failing each
+# launch. tests/test_cuda_compile.py compiles every .cu for this list.
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 
 
 def _flag(name):
@@ -43,14 +49,13 @@ def build_config():
     if use_cuda:
         srcs += sources("csrc/*/cuda/*.cpp") + sources("csrc/*/cuda/*.cu")
         macros.append(("MTL_WITH_CUDA", None))
-        archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
-        nvcc = ["-O3" if not debug else "-G", "--expt-relaxed-constexpr", "-lineinfo"]
-        if not archs:  # sm_80 and sm_90 (A100, H100/H200), like the CI compile check
-            nvcc += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
-        extra["nvcc"] = nvcc
+        # torch.utils.cpp_extension turns the list into -gencode flags ("+PTX": PTX too)
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+        extra["nvcc"] = ["-O3" if not debug else "-G", "--expt-relaxed-constexpr", "-lineinfo"]
     print(
         f"mtlkernels build: torch {torch.__version__} (CUDA {torch.version.cuda}), "
-        f"CUDA_HOME={CUDA_HOME}, CUDA kernels: {'yes' if use_cuda else 'no'}, debug: {debug}, "
+        f"CUDA_HOME={CUDA_HOME}, CUDA kernels: {'yes' if use_cuda else 'no'}"
+        f"{' (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if use_cuda else ''}, debug: {debug}, "
         f"cxx flags: {' '.join(cxx)}, {len(srcs)} sources",
         file=sys.stderr,
     )

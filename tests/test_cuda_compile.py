@@ -1,10 +1,12 @@
-"""Every .cu kernel compiles with nvcc for sm_80 and sm_90, without torch headers.
+"""Every .cu kernel compiles with nvcc for the targets of setup.py (SASS sm_80 and sm_90, PTX
+compute_90), without torch headers.
 
 Runs wherever nvcc is on the PATH (CI and developer machines have it even without a GPU). The ptxas
 resource report (registers, spills, shared memory) of each kernel goes to build/ptxas/<name>.txt;
 bench/results/ptxas_report.txt holds the committed copy (``python tests/test_cuda_compile.py``
 refreshes it).
 """
+import ast
 import glob
 import os
 import shutil
@@ -28,10 +30,43 @@ def _torch_nvcc_flags():
     return list(COMMON_NVCC_FLAGS)
 
 
+def setup_arch_list():
+    """setup.py's DEFAULT_CUDA_ARCH_LIST (read, not imported: importing setup.py runs setup())."""
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["DEFAULT_CUDA_ARCH_LIST"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py defines no DEFAULT_CUDA_ARCH_LIST")
+
+
+def gencode_flags(arch_list):
+    """The -gencode flags torch.utils.cpp_extension derives from TORCH_CUDA_ARCH_LIST in a build."""
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    try:
+        return _get_cuda_arch_flags()
+    finally:
+        if old is None:
+            del os.environ["TORCH_CUDA_ARCH_LIST"]
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = old
+
+
+def test_default_targets_embed_ptx_for_the_newest():
+    """SASS alone fails on every GPU outside the list ("no kernel image"); PTX of the newest target
+    lets the driver compile the kernels for newer GPUs."""
+    flags = gencode_flags(setup_arch_list())
+    sass = sorted(int(f.split("code=sm_")[1]) for f in flags if "code=sm_" in f)
+    ptx = [int(f.split("code=compute_")[1]) for f in flags if "code=compute_" in f]
+    assert {80, 90} <= set(sass) and ptx == [max(sass)], flags
+
+
 def compile_cu(path, out_dir):
     cmd = [NVCC, "-std=c++17", "-O3", *_torch_nvcc_flags(), "-lineinfo",
-           "-I", os.path.join(ROOT, "csrc", "include"),
-           "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+           "-I", os.path.join(ROOT, "csrc", "include"), *gencode_flags(setup_arch_list()),
            "-Xptxas", "-v", "-c", path, "-o", os.path.join(out_dir, os.path.basename(path) + ".o")]
     return subprocess.run(cmd, capture_output=True, text=True)
 
@@ -92,7 +127,7 @@ if __name__ == "__main__":  # refresh bench/results/ptxas_report.txt
     if NVCC is None:
         sys.exit("nvcc not found")
     version = subprocess.run([NVCC, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    lines = [f"# ptxas resource report ({version}); sm_80 and sm_90; regenerate: python tests/test_cuda_compile.py\n"]
+    lines = [f"# ptxas resource report ({version}); TORCH_CUDA_ARCH_LIST={setup_arch_list()}; regenerate: python tests/test_cuda_compile.py\n"]
     with tempfile.TemporaryDirectory() as d:
         for p in CU_FILES:
             r = compile_cu(p, d)
