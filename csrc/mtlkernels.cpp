@@ -5,6 +5,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
 extern "C" {
 // `from mtlkernels import _C` loads this library, whose static initialisers register the ops.
 PyObject* PyInit__C(void) {
@@ -23,6 +25,12 @@ bool built_with_cuda() {
 #endif
 }
 
+#ifdef MTL_WITH_CUDA
+std::string cuda_kernel_image_error(int64_t device);  // csrc/common/cuda/kernel_image_cuda.cpp
+#else
+std::string cuda_kernel_image_error(int64_t) { return "mtlkernels._C was built without CUDA"; }
+#endif
+
 TORCH_LIBRARY(mtlkernels, m) {
   // weights: L tensors [F_l, ...]; grads: L*T tensors, layer-major. Returns float32
   // (dot [F, T], gram [F, T, T], wsq [F], wabs [F], wg2 [F, T, T]) over all F = sum F_l filters.
@@ -32,6 +40,8 @@ TORCH_LIBRARY(mtlkernels, m) {
   // xs[i].index_select(dim1[i], idx1[i]).index_select(dim2[i], idx2[i]) for every i, one pass.
   m.def("gather(Tensor[] xs, Tensor?[] idx1, Tensor?[] idx2, int[] dim1, int[] dim2) -> Tensor[]");
   m.def("_built_with_cuda() -> bool", &built_with_cuda);
+  // "" when the build has a kernel image (SASS or PTX) that CUDA device `device` can run, else why.
+  m.def("_cuda_kernel_image_error(int device) -> str", &cuda_kernel_image_error);
 }
 
 }  // namespace mtlkernels

@@ -7,6 +7,16 @@ bool kernel_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 int64_t addr(const at::Tensor& t) { return reinterpret_cast<int64_t>(t.data_ptr()); }
+
+// Index values on the CPU are checked here, before any copy (n1 + n2 reads per tensor: nothing
+// next to the copy); CUDA index values are checked by the kernel (an error word, gather_cuda.cpp).
+void check_cpu_index_values(const at::Tensor& t, int64_t size, int64_t i, int s, int64_t dim) {
+  const int64_t* v = t.const_data_ptr<int64_t>();
+  for (int64_t j = 0; j < t.numel(); ++j)
+    TORCH_CHECK(static_cast<uint64_t>(v[j]) < static_cast<uint64_t>(size), "gather: idx", s + 1,
+                "[", i, "][", j, "] = ", v[j], " is out of range for dim ", dim, " of xs[", i,
+                "] (size ", size, ")");
+}
 }  // namespace
 
 int check_filter_stats_args(const std::vector<at::Tensor>& weights,
@@ -67,13 +77,15 @@ FilterStatsOut filter_stats_out(std::vector<at::Tensor>& o) {
 }
 
 void check_channel_contrib_args(const at::Tensor& a, const at::Tensor& d) {
-  TORCH_CHECK(a.dim() == 3 && d.dim() == 3,
-              "channel_contrib: expects [N, C, S] views, got ", a.sizes(), " and ", d.sizes());
-  TORCH_CHECK(a.sizes() == d.sizes(), "channel_contrib: shapes differ: ", a.sizes(), " vs ",
-              d.sizes());
+  TORCH_CHECK(a.dim() == 3 && d.dim() == 3, "channel_contrib: expects [N, C, S] views, got activation ",
+              a.sizes(), " and grad ", d.sizes());
+  TORCH_CHECK(a.sizes() == d.sizes(), "channel_contrib: shapes differ: activation ", a.sizes(),
+              " vs grad ", d.sizes());
   TORCH_CHECK(kernel_dtype(a.scalar_type()) && a.scalar_type() == d.scalar_type(),
-              "channel_contrib: dtype must be float32, float16 or bfloat16 (both the same)");
-  TORCH_CHECK(a.device() == d.device(), "channel_contrib: inputs on different devices");
+              "channel_contrib: activation and grad must both be float32, float16 or bfloat16, got ",
+              a.scalar_type(), " and ", d.scalar_type());
+  TORCH_CHECK(a.device() == d.device(), "channel_contrib: activation is on ", a.device(),
+              " but grad on ", d.device());
   TORCH_CHECK(a.numel() > 0, "channel_contrib: empty input");
 }
 
@@ -103,10 +115,14 @@ at::Tensor build_gather_table(const std::vector<at::Tensor>& xs,
     for (int s = 0; s < 2; ++s) {
       if (!ix[s]->has_value()) continue;
       const auto& t = ix[s]->value();
-      TORCH_CHECK(dm[s] >= 0 && dm[s] < nd, "gather: dim ", dm[s], " out of range for xs[", i, "]");
-      TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous() &&
-                      t.device() == x.device(),
-                  "gather: indices of xs[", i, "] must be contiguous 1-D int64 on its device");
+      TORCH_CHECK(dm[s] >= 0 && dm[s] < nd, "gather: dim ", dm[s], " of idx", s + 1, "[", i,
+                  "] is out of range for xs[", i, "] with ", nd, " dims");
+      TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous(), "gather: idx",
+                  s + 1, "[", i, "] must be a contiguous 1-D int64 tensor, got ", t.scalar_type(),
+                  " of shape ", t.sizes());
+      TORCH_CHECK(t.device() == x.device(), "gather: idx", s + 1, "[", i, "] is on ", t.device(),
+                  " but xs[", i, "] on ", x.device());
+      if (t.is_cpu()) check_cpu_index_values(t, x.size(dm[s]), i, s, dm[s]);
     }
     // Order the two selected dims; an absent index becomes a size-1 dummy dim.
     const bool has1 = idx1[i].has_value(), has2 = idx2[i].has_value();

@@ -17,13 +17,14 @@ at::Tensor channel_contrib_cuda(const at::Tensor& a, const at::Tensor& d) {
   const bool spatial_major = S > 1 && sa[2] == 1 && sd[2] == 1;
   const int sms = multiprocessor_count(a.device());
   const int splits = cuda::channel_contrib_splits(N, C, S, spatial_major, sms);
-  at::Tensor partial = at::empty({splits, C}, a.options().dtype(at::kFloat));
+  at::Tensor partial = at::empty({splits, C}, a.options().dtype(at::kDouble));
   check_launch(cuda::launch_channel_contrib(a.const_data_ptr(), d.const_data_ptr(),
                                             cuda_dtype(a.scalar_type()), N, C, S, sa, sd,
-                                            partial.data_ptr<float>(), splits,
+                                            partial.data_ptr<double>(), splits,
                                             current_stream()),
                "channel_contrib kernel launch");
-  return splits == 1 ? partial.view({C}) : partial.sum(0);
+  // one rounding to float32, of the double sum (overflow decided there, as on every backend)
+  return (splits == 1 ? partial.view({C}) : partial.sum(0)).to(at::kFloat);
 }
 
 }  // namespace

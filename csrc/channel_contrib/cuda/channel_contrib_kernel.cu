@@ -5,6 +5,11 @@
 // - channel-major (anything else, e.g. channels_last with unit stride along c): block
 //   (32 channels, split), lanes along c, 8 position rows per block.
 // Each block writes partial[split, c]; the caller sums the partials over splits (deterministic).
+// Products and sums are in double (exact products of float32 values, no overflow before the final
+// rounding to float32), like every backend: an overflow is the same inf everywhere, not an
+// artefact of FMA contraction or of the order of float32 partial sums. On A100/H100 (FP64 at half
+// the float32 rate) that leaves the kernels bandwidth-bound; on GPUs with 1/64-rate FP64 it may
+// not (unmeasured).
 #include <cstdint>
 
 #include "mtlkernels/cuda_utils.cuh"
@@ -13,6 +18,9 @@ namespace mtlkernels {
 namespace cuda {
 namespace {
 
+template <typename scalar_t>
+__device__ __forceinline__ double to_double(scalar_t x) { return static_cast<double>(to_float(x)); }
+
 constexpr int kSpatialThreads = 256;
 constexpr int kChanX = 32, kChanY = 8;
 
@@ -20,26 +28,26 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kSpatialThreads)
     contrib_spatial_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ d,
                            int64_t sa0, int64_t sa1, int64_t sd0, int64_t sd1, int64_t N, int64_t C,
-                           int64_t S, float* __restrict__ partial, int splits) {
+                           int64_t S, double* __restrict__ partial, int splits) {
   const int64_t c = blockIdx.x;
   const int split = blockIdx.y;
   const int64_t P = N * S;
   const int64_t p0 = P * split / splits, p1 = P * (split + 1) / splits;
-  float acc = 0.f;
+  double acc = 0.0;
   for (int64_t n = p0 / S; n * S < p1; ++n) {  // rows of this split, no per-element division
     const int64_t s0 = p0 > n * S ? p0 - n * S : 0;
     const int64_t s1 = p1 - n * S < S ? p1 - n * S : S;
     const scalar_t* ap = a + n * sa0 + c * sa1;
     const scalar_t* dp = d + n * sd0 + c * sd1;
     for (int64_t s = s0 + threadIdx.x; s < s1; s += kSpatialThreads)
-      acc = fmaf(to_float(ap[s]), to_float(dp[s]), acc);
+      acc = fma(to_double(ap[s]), to_double(dp[s]), acc);
   }
-  __shared__ float part[kSpatialThreads / 32];
+  __shared__ double part[kSpatialThreads / 32];
   acc = warp_sum(acc);
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
   __syncthreads();
   if (threadIdx.x == 0) {
-    float v = 0.f;
+    double v = 0.0;
 #pragma unroll
     for (int q = 0; q < kSpatialThreads / 32; ++q) v += part[q];
     partial[split * C + c] = v;
@@ -51,24 +59,24 @@ __global__ void __launch_bounds__(kChanX* kChanY)
     contrib_channel_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ d,
                            const int64_t sa0, int64_t sa1, int64_t sa2, int64_t sd0, int64_t sd1,
                            int64_t sd2, int64_t N, int64_t C, int64_t S,
-                           float* __restrict__ partial, int splits) {
+                           double* __restrict__ partial, int splits) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kChanX + threadIdx.x;
   const int split = blockIdx.y;
   const int64_t P = N * S;
   const int64_t p0 = P * split / splits, p1 = P * (split + 1) / splits;
-  float acc = 0.f;
+  double acc = 0.0;
   if (c < C) {
     for (int64_t p = p0 + threadIdx.y; p < p1; p += kChanY) {
       const int64_t n = p / S, s = p - n * S;
-      acc = fmaf(to_float(a[n * sa0 + c * sa1 + s * sa2]), to_float(d[n * sd0 + c * sd1 + s * sd2]),
-                 acc);
+      acc = fma(to_double(a[n * sa0 + c * sa1 + s * sa2]),
+                to_double(d[n * sd0 + c * sd1 + s * sd2]), acc);
     }
   }
-  __shared__ float part[kChanY][kChanX];
+  __shared__ double part[kChanY][kChanX];
   part[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.y == 0 && c < C) {
-    float v = 0.f;
+    double v = 0.0;
 #pragma unroll
     for (int q = 0; q < kChanY; ++q) v += part[q][threadIdx.x];
     partial[split * C + c] = v;
@@ -90,7 +98,7 @@ int channel_contrib_splits(int64_t N, int64_t C, int64_t S, bool spatial_major, 
 
 cudaError_t launch_channel_contrib(const void* a, const void* d, DType dtype, int64_t N,
                                    int64_t C, int64_t S, const int64_t sa[3], const int64_t sd[3],
-                                   float* partial, int splits, cudaStream_t stream) {
+                                   double* partial, int splits, cudaStream_t stream) {
   const bool spatial_major = S > 1 && sa[2] == 1 && sd[2] == 1;
   return dispatch_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);

@@ -154,6 +154,20 @@ constexpr int kGatherDescWords = 12;  // int64 words of one GatherDesc in a tabl
 
 MTL_HD int64_t gather_rows(const GatherDesc& g) { return g.A * g.n1 * g.B * g.n2; }
 
+// Element offset, in the input, of the first element of output row (a, j1, b, j2), or -1 when an
+// index is out of range: the raw ops trust no index value. The CPU binding checks the indices
+// before the copy (so its kernel never sees -1); the CUDA kernel cannot raise, so it turns -1 into
+// an error flag the binding reads back, and never loads from the bad offset.
+MTL_HD int64_t gather_in_row_at(const GatherDesc& g, int64_t a, int64_t j1, int64_t b, int64_t j2) {
+  const int64_t i1 = g.idx1 ? reinterpret_cast<const int64_t*>(g.idx1)[j1] : j1;
+  const int64_t i2 = g.idx2 ? reinterpret_cast<const int64_t*>(g.idx2)[j2] : j2;
+  // unsigned compares: a negative index fails too
+  if (static_cast<uint64_t>(i1) >= static_cast<uint64_t>(g.D1) ||
+      static_cast<uint64_t>(i2) >= static_cast<uint64_t>(g.D2))
+    return -1;
+  return (((a * g.D1 + i1) * g.B + b) * g.D2 + i2) * g.C;
+}
+
 // Output row coordinates (a, j1, b, j2) of a gather: set from a row number once (divisions), then
 // advanced row by row like an odometer (no division), which is how the CPU kernel walks its rows.
 struct GatherRowCursor {
@@ -165,12 +179,9 @@ struct GatherRowCursor {
     j1 = r % g.n1;
     a = r / g.n1;
   }
-  // Element offset, in the input, of the first element of the current output row.
-  MTL_HD int64_t in_row(const GatherDesc& g) const {
-    const int64_t i1 = g.idx1 ? reinterpret_cast<const int64_t*>(g.idx1)[j1] : j1;
-    const int64_t i2 = g.idx2 ? reinterpret_cast<const int64_t*>(g.idx2)[j2] : j2;
-    return (((a * g.D1 + i1) * g.B + b) * g.D2 + i2) * g.C;
-  }
+  // Element offset, in the input, of the first element of the current output row (-1: an index
+  // is out of range, see gather_in_row_at).
+  MTL_HD int64_t in_row(const GatherDesc& g) const { return gather_in_row_at(g, a, j1, b, j2); }
   MTL_HD void next(const GatherDesc& g) {
     if (++j2 < g.n2) return;
     j2 = 0;
@@ -182,7 +193,7 @@ struct GatherRowCursor {
   }
 };
 
-// Element offset, in the input, of the first element of output row `r`.
+// Element offset, in the input, of the first element of output row `r` (-1: bad index).
 MTL_HD int64_t gather_in_row(const GatherDesc& g, int64_t r) {
   return GatherRowCursor(g, r).in_row(g);
 }
@@ -224,7 +235,7 @@ MTL_HD bool gather_fits_u31(const GatherDesc& g) {
 }
 
 // Element offset, in the input, of output element `e` (< 2^31) through the fast divisions: the
-// same value as gather_in_row(g, e / C) + e % C.
+// same value as gather_in_row(g, e / C) + e % C, and -1 for an out-of-range index.
 MTL_HD int64_t gather_in_elem_u31(const GatherDesc& g, const GatherDividers& dv, uint32_t e) {
   const uint32_t r = dv.c.div(e);
   const uint32_t c = e - r * static_cast<uint32_t>(g.C);
@@ -234,9 +245,8 @@ MTL_HD int64_t gather_in_elem_u31(const GatherDesc& g, const GatherDividers& dv,
   const uint32_t b = q1 - q2 * static_cast<uint32_t>(g.B);
   const uint32_t a = dv.n1.div(q2);
   const uint32_t j1 = q2 - a * static_cast<uint32_t>(g.n1);
-  const int64_t i1 = g.idx1 ? reinterpret_cast<const int64_t*>(g.idx1)[j1] : j1;
-  const int64_t i2 = g.idx2 ? reinterpret_cast<const int64_t*>(g.idx2)[j2] : j2;
-  return (((a * g.D1 + i1) * g.B + b) * g.D2 + i2) * g.C + c;
+  const int64_t row = gather_in_row_at(g, a, j1, b, j2);
+  return row < 0 ? row : row + c;
 }
 
 MTL_HD GatherDesc load_gather_desc(const int64_t* w) {

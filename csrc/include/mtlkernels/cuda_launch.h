@@ -19,21 +19,28 @@ cudaError_t launch_filter_stats(const int64_t* d_table, int64_t num_layers, int 
                                 int64_t num_rows, DType dtype, FilterStatsOut out,
                                 cudaStream_t stream);
 
-// a, d: [N, C, S] with element strides sa/sd; writes partial[splits, C] (float32), which the
-// caller sums over splits (deterministic, no atomics).
+// a, d: [N, C, S] with element strides sa/sd; writes partial[splits, C] (float64: exact products,
+// summed in double), which the caller sums over splits (deterministic, no atomics) and rounds to
+// float32 once.
 cudaError_t launch_channel_contrib(const void* a, const void* d, DType dtype, int64_t N,
                                    int64_t C, int64_t S, const int64_t sa[3], const int64_t sd[3],
-                                   float* partial, int splits, cudaStream_t stream);
+                                   double* partial, int splits, cudaStream_t stream);
 // How many position splits launch_channel_contrib will use for these sizes.
 int channel_contrib_splits(int64_t N, int64_t C, int64_t S, bool spatial_major, int num_sms);
 
 // d_descs: num_tensors GatherDesc records (kGatherDescWords int64 words each); d_block_starts:
-// num_tensors + 1 prefix sums of each tensor's block count (blocks of kGatherBlockElems outputs).
+// num_tensors + 1 prefix sums of each tensor's block count (blocks of kGatherBlockElems outputs);
+// *d_error (zero before the launch) becomes i + 1 when an index of tensor i is out of range.
 constexpr int kGatherThreads = 256;
 constexpr int kGatherItems = 8;
 constexpr int64_t kGatherBlockElems = kGatherThreads * kGatherItems;
 cudaError_t launch_gather(const int64_t* d_descs, const int64_t* d_block_starts,
-                          int64_t num_tensors, int64_t num_blocks, cudaStream_t stream);
+                          int64_t num_tensors, int64_t num_blocks, int64_t* d_error,
+                          cudaStream_t stream);
+
+// cudaSuccess when this build holds a kernel image (SASS, or PTX the driver can compile) for the
+// current device; cudaErrorNoKernelImageForDevice (or another error) when it does not.
+cudaError_t kernel_image_status();
 
 }  // namespace cuda
 }  // namespace mtlkernels
