@@ -47,6 +47,33 @@ def compiled_with_cuda() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def _cuda_image_error(index: int) -> Optional[str]:
+    """None when mtlkernels._C holds a kernel image CUDA device ``index`` can run (SASS of its
+    architecture, or PTX its driver compiles), else why not. A build lists its targets at compile
+    time (setup.py); a GPU outside them would fail every launch with "no kernel image"."""
+    try:
+        err = torch.ops.mtlkernels._cuda_kernel_image_error(index)
+    except Exception as exc:  # e.g. an _C built before this op existed
+        err = f"{type(exc).__name__}: {exc}"
+    if not err:
+        return None
+    try:
+        major, minor = torch.cuda.get_device_capability(index)
+        cap = f" (compute capability {major}.{minor}; rebuild with TORCH_CUDA_ARCH_LIST={major}.{minor})"
+    except Exception:
+        cap = ""
+    return f"mtlkernels._C has no kernel image for cuda:{index}{cap}: {err}"
+
+
+def _cuda_reason(device: torch.device) -> Optional[str]:
+    if not compiled_with_cuda():
+        return "mtlkernels._C was built without CUDA (no CUDA torch or no CUDA toolkit at build time)"
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    return _cuda_image_error(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
 def _triton_error() -> Optional[str]:
     try:
         import triton  # noqa: F401
@@ -66,9 +93,7 @@ def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
             return f"the {backend!r} backend takes {backend.upper()} tensors, got tensors on {device}"
         if _C is None:
             return f"mtlkernels._C is not loaded ({_C_ERROR})"
-        if backend == "cuda" and not compiled_with_cuda():
-            return "mtlkernels._C was built without CUDA (no CUDA torch or no CUDA toolkit at build time)"
-        return None
+        return _cuda_reason(device) if backend == "cuda" else None
     if backend == "triton":
         if device.type not in ("cpu", "cuda"):
             return f"Triton takes CUDA tensors, got tensors on {device}"

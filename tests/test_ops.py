@@ -262,3 +262,44 @@ def test_outputs_never_require_grad(backend):
     bn_mean = torch.randn(4)
     outs = ops.gather_many([w, bn_mean], torch.tensor([2, 0]), None, backend=backend)
     assert not any(o.requires_grad for o in outs)
+
+
+def test_cuda_kernel_image_op_answers():
+    """The runtime question behind the cuda backend's availability exists in every build (a CPU
+    build answers why it cannot)."""
+    why = torch.ops.mtlkernels._cuda_kernel_image_error(0)
+    assert isinstance(why, str)
+    from mtlkernels import _backend
+
+    if not _backend.compiled_with_cuda():
+        assert "without CUDA" in why
+
+
+def test_cuda_backend_unavailable_without_a_kernel_image(monkeypatch):
+    """A GPU outside the build's targets (SASS sm_80/sm_90, PTX compute_90) would fail every launch
+    with "no kernel image": the cuda backend must not be listed there, and auto must skip it."""
+    from mtlkernels import _backend
+
+    asked = []
+
+    def image_error(index):
+        asked.append(index)
+        return "" if index == 0 else "no kernel image is available for execution on the device"
+
+    monkeypatch.setattr(_backend, "compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    monkeypatch.setattr(torch.ops.mtlkernels, "_cuda_kernel_image_error", image_error)
+    _backend._cuda_image_error.cache_clear()
+    try:
+        why = _backend.unavailable_reason("cuda", torch.device("cuda", 1))
+        assert "no kernel image" in why and "cuda:1" in why and "7.5" in why, why
+        assert "cuda" not in _backend.available_backends("cuda:1")
+        assert _backend.resolve("auto", torch.device("cuda", 1)) != "cuda"
+        with pytest.raises(RuntimeError, match="no kernel image"):
+            _backend.resolve("cuda", torch.device("cuda", 1))
+        assert _backend.unavailable_reason("cuda", torch.device("cuda", 0)) is None
+        _backend.unavailable_reason("cuda", torch.device("cuda", 1))
+        assert asked == [1, 0], asked  # once per device: cached
+    finally:
+        _backend._cuda_image_error.cache_clear()
