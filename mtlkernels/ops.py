@@ -441,7 +441,8 @@ def gather_many(
     one index (used for every tensor), or a list with one entry (index or ``None``) per tensor;
     likewise ``out_dims``/``in_dims``. Depthwise convs: ``in_idx=None``. Transposed convs
     (``[C_in, C_out, kh, kw]``): ``out_dims=1, in_dims=0``. Indices must be unique and in range
-    (checked unless ``check_indices=False``, which saves a device sync on CUDA).
+    (checked unless ``check_indices=False``, which saves this check's device sync on CUDA; the ops
+    still raise on an out-of-range index, from their kernels, but accept repeated ones).
     """
     if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
         raise TypeError("tensors must be a list of tensors (use gather_channels for one tensor)")

@@ -16,7 +16,9 @@ The contract shared by every backend (see ``mtlkernels.ops`` for the validated p
 
 ``channel_contrib(activation, grad)``
     ``activation`` and ``grad`` shaped ``[N, C, *]``; returns float32 ``[C]`` with
-    ``contrib[c] = sum_{n, spatial} activation * grad``.
+    ``contrib[c] = sum_{n, spatial} activation * grad``, the products and the sum in float64 (exact
+    products of float32/16/bf16 values) and rounded to float32 once: an overflow is decided by the
+    sum, never by a product or a partial sum, so every backend gives the same ``inf``.
 
 ``gather(xs, idx1, idx2, dim1, dim2)``
     For each tensor ``x = xs[i]``: ``x.index_select(dim1[i], idx1[i])`` then
@@ -64,11 +66,10 @@ def filter_stats(weights: Sequence[Tensor], grads: Sequence[Tensor]):
 
 
 def channel_contrib(activation: Tensor, grad: Tensor) -> Tensor:
-    """``contrib[c] = sum over batch and spatial positions of activation * grad``."""
-    acc = acc_dtype(activation.dtype)
-    prod = activation.to(acc) * grad.to(acc)
+    """``contrib[c] = sum over batch and spatial positions of activation * grad`` (float64 inside)."""
+    prod = activation.to(torch.float64) * grad.to(torch.float64)
     dims = [0] + list(range(2, prod.dim()))
-    return prod.sum(dim=dims)
+    return prod.sum(dim=dims).to(acc_dtype(activation.dtype))
 
 
 def gather(

@@ -1,7 +1,13 @@
 """Triton kernels of the mtlkernels ops (the ``"triton"`` backend).
 
-Same contract as :mod:`mtlkernels.reference` (see there); the inputs arrive already validated and
-contiguous from :mod:`mtlkernels.ops` (``channel_contrib`` takes strided ``[N, C, S]`` views).
+Same contract as :mod:`mtlkernels.reference` (see there); :mod:`mtlkernels.ops` validates and makes
+the inputs contiguous (``channel_contrib`` takes strided ``[N, C, S]`` views). The raw ops
+(``torch.ops.mtlkernels.*_triton``) check shapes, dtypes, devices and contiguity again before any
+launch (:mod:`mtlkernels._rawcheck`, like the C++ ops), and the gather kernel checks its index
+values (an out-of-range index is never loaded from; it sets an error word that is read back, and the
+op raises). Every launch, and the copy of its table, runs under ``torch.cuda.device`` of the
+tensors: Triton launches on the current device and its current stream, and the table copy goes to
+the destination device's current stream, which is then the launch's stream.
 
 Design
 ------
@@ -35,8 +41,10 @@ once per call:
 
 * ``channel_contrib``: the ``[N, C, S]`` views are read through their strides (NCHW and
   channels_last without a copy) in ``[BLOCK_C, BLOCK_P]`` tiles; the ``N * S`` positions are split
-  over several programs that each write a row of a float32 partial buffer ``[splits, C]``, summed
-  afterwards: deterministic (no atomics).
+  over several programs that each write a row of a float64 partial buffer ``[splits, C]``, summed
+  afterwards: deterministic (no atomics). Products and sums are float64 (exact products of the
+  inputs; FMA fusion changes nothing), rounded to float32 once at the end, so an overflow gives
+  the same inf as on every other backend.
 
 Each op is registered with :func:`torch.library.triton_op` (``mtlkernels::filter_stats_triton``,
 ``mtlkernels::channel_contrib_triton``, ``mtlkernels::gather_triton``) and launches its kernels
@@ -60,6 +68,7 @@ float32: 0.18 ms NCHW, 0.07 ms channels_last, against 0.04/0.06 ms for PyTorch's
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -69,7 +78,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from . import reference
+from . import _rawcheck, reference
 
 __all__ = ["filter_stats", "channel_contrib", "gather", "INTERPRET"]
 
@@ -138,7 +147,7 @@ def _filter_stats_kernel(
 
 @triton.jit
 def _channel_contrib_kernel(
-    a_ptr, d_ptr, part_ptr,
+    a_ptr, d_ptr, part_ptr,         # part: float64 [splits, C]
     C, S, P, CHUNK,
     a_sn, a_sc, a_ss, d_sn, d_sc, d_ss,
     BLOCK_C: tl.constexpr,
@@ -152,7 +161,7 @@ def _channel_contrib_kernel(
     a_c = c64 * a_sc
     d_c = c64 * d_sc
     p_start = split.to(tl.int64) * CHUNK
-    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float64)
     for p0 in range(0, CHUNK, BLOCK_P):
         p = p_start + p0 + tl.arange(0, BLOCK_P).to(tl.int64)
         p_mask = (p < P) & (p0 + tl.arange(0, BLOCK_P) < CHUNK)
@@ -161,26 +170,29 @@ def _channel_contrib_kernel(
         mask = c_mask[:, None] & p_mask[None, :]
         a = tl.load(a_ptr + a_c[:, None] + (n * a_sn + s * a_ss)[None, :], mask=mask, other=0.0)
         d = tl.load(d_ptr + d_c[:, None] + (n * d_sn + s * d_ss)[None, :], mask=mask, other=0.0)
-        acc += a.to(tl.float32) * d.to(tl.float32)
+        acc += a.to(tl.float32).to(tl.float64) * d.to(tl.float32).to(tl.float64)
     tl.store(part_ptr + split.to(tl.int64) * C + c, tl.sum(acc, axis=1), mask=c_mask)
 
 
-# Tensor table columns of the gather (int64): keep in sync with _gather_one_size.
-_G_SRC, _G_DST, _G_IDX1, _G_IDX2, _G_A, _G_D1, _G_B, _G_D2, _G_C, _G_O1, _G_O2 = range(11)
-_G_COLS = 11
+# Tensor table columns of the gather (int64), in the order _gather_impl writes them; _G_ID is the
+# tensor's position in the call (what an index error reports).
+_G_SRC, _G_DST, _G_IDX1, _G_IDX2, _G_A, _G_D1, _G_B, _G_D2, _G_C, _G_O1, _G_O2, _G_ID = range(12)
+_G_COLS = 12
 
 
 @triton.jit
 def _gather_kernel(
     blocks_ptr,     # int64 [num_blocks, 2]: (tensor id, first output element)
-    tensors_ptr,    # int64 [num_tensors, 11]: see _G_* columns
+    tensors_ptr,    # int64 [num_tensors, _G_COLS]: see _G_* columns
     witness_ptr,    # any source tensor of this launch: gives the element type
+    err_ptr,        # int64 [1]: set to _G_ID + 1 by an out-of-range index
+    COLS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     tid = tl.load(blocks_ptr + pid * 2)
     start = tl.load(blocks_ptr + pid * 2 + 1)
-    row = tensors_ptr + tid * 11
+    row = tensors_ptr + tid * COLS
     elem_ptr_ty = witness_ptr.dtype
     src = tl.load(row + 0).to(elem_ptr_ty)
     dst = tl.load(row + 1).to(elem_ptr_ty)
@@ -193,6 +205,7 @@ def _gather_kernel(
     C = tl.load(row + 8)
     O1 = tl.load(row + 9)
     O2 = tl.load(row + 10)
+    tensor_id = tl.load(row + 11)
     total = A * O1 * B * O2 * C
 
     e = start + tl.arange(0, BLOCK).to(tl.int64)
@@ -215,8 +228,11 @@ def _gather_kernel(
     i2 = tl.load(idx2 + o2, mask=mask & has2, other=0)
     i1 = tl.where(has1, i1, o1)
     i2 = tl.where(has2, i2, o2)
+    # index values are not trusted: a bad one is never loaded from, and flags the call instead
+    ok = (i1 >= 0) & (i1 < D1) & (i2 >= 0) & (i2 < D2)
+    tl.store(err_ptr + e * 0, e * 0 + tensor_id + 1, mask=mask & ~ok)
     src_off = (((a * D1 + i1) * B + b) * D2 + i2) * C + c
-    v = tl.load(src + src_off, mask=mask)
+    v = tl.load(src + src_off, mask=mask & ok)
     tl.store(dst + e, v, mask=mask)
 
 
@@ -227,7 +243,7 @@ TUNE = {
     "fs_tile": 4096,         # ... with TP * TP * BLOCK_K <= fs_tile (the [TP, TP, BK] products)
     "cc_max_block_c": 32,    # channel_contrib tile [BLOCK_C, BLOCK_P] ...
     "cc_max_block_p": 128,
-    "cc_tile": 4096,         # ... with BLOCK_C * BLOCK_P <= cc_tile
+    "cc_tile": 2048,         # ... with BLOCK_C * BLOCK_P <= cc_tile (float64 accumulators)
     "gather_block": 1024,    # gather: output elements per program
     "fs_num_warps": 4,
     "cc_num_warps": 4,
@@ -240,6 +256,11 @@ def _to_device(host: Tensor, device: torch.device) -> Tensor:
     if device.type != "cuda":
         return host
     return host.pin_memory().to(device, non_blocking=True)
+
+
+def _device_guard(device: torch.device):
+    """The tensors' device made current for a launch and its table copy (a no-op off CUDA)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _use_reference(device: torch.device) -> bool:
@@ -303,13 +324,13 @@ def _channel_contrib_impl(a3: Tensor, d3: Tensor) -> Tensor:
     splits = max(1, min(triton.cdiv(target, c_blocks), triton.cdiv(positions, 4 * block_p), 256))
     chunk = triton.cdiv(triton.cdiv(positions, splits), block_p) * block_p
     splits = triton.cdiv(positions, chunk)
-    part = torch.empty(splits, c, dtype=torch.float32, device=device)
+    part = torch.empty(splits, c, dtype=torch.float64, device=device)
     torch.library.wrap_triton(_channel_contrib_kernel)[(c_blocks, splits)](
         a3, d3, part, c, s, positions, chunk,
         *a3.stride(), *d3.stride(),
         BLOCK_C=block_c, BLOCK_P=block_p, num_warps=TUNE["cc_num_warps"],
     )
-    return part.sum(0)
+    return part.sum(0).to(torch.float32)  # the one rounding to float32
 
 
 def _canonical(x: Tensor, i1: Optional[Tensor], i2: Optional[Tensor], d1: int, d2: int):
@@ -359,6 +380,7 @@ def _gather_impl(xs: List[Tensor], idx1: List[Optional[Tensor]], idx2: List[Opti
     if _use_reference(device):
         return list(reference.gather(xs, idx1, idx2, dim1, dim2))
     outs: List[Optional[Tensor]] = [None] * len(xs)
+    err = torch.zeros(1, dtype=torch.int64, device=device)
     by_size = {}
     for i, x in enumerate(xs):
         by_size.setdefault(x.element_size(), []).append(i)
@@ -377,7 +399,7 @@ def _gather_impl(xs: List[Tensor], idx1: List[Optional[Tensor]], idx2: List[Opti
             tensor_rows += [src.data_ptr(), dst.data_ptr(),
                             0 if j_lo is None else j_lo.data_ptr(),
                             0 if j_hi is None else j_hi.data_ptr(),
-                            a, d1, b, d2, c, o1, o2]
+                            a, d1, b, d2, c, o1, o2, i]
             totals.append(a * o1 * b * o2 * c)
             prepared.append((i, src, dst))
         block = max(16, min(TUNE["gather_block"], _next_pow2(max(totals))))
@@ -387,11 +409,18 @@ def _gather_impl(xs: List[Tensor], idx1: List[Optional[Tensor]], idx2: List[Opti
         table = _to_device(torch.tensor(tensor_rows + block_rows, dtype=torch.int64), device)
         tensors_tab = table[:len(tensor_rows)]
         blocks_tab = table[len(tensor_rows):]
-        torch.library.wrap_triton(_gather_kernel)[(len(block_rows) // 2,)](
-            blocks_tab, tensors_tab, prepared[0][1], BLOCK=block, num_warps=TUNE["gather_num_warps"],
-        )
+        if block_rows:  # all outputs of this size may be empty
+            torch.library.wrap_triton(_gather_kernel)[(len(block_rows) // 2,)](
+                blocks_tab, tensors_tab, prepared[0][1], err, COLS=_G_COLS, BLOCK=block,
+                num_warps=TUNE["gather_num_warps"],
+            )
         for i, _, dst in prepared:
             outs[i] = dst.view(xs[i].dtype)
+    # Waits for the kernels on CUDA (a sync per call): only the device knows the index values.
+    bad = int(err.item())
+    if bad:
+        raise RuntimeError(f"gather_triton: an index of xs[{bad - 1}] (idx1[{bad - 1}] or idx2[{bad - 1}]) "
+                           "is out of range for its dim")
     return outs  # type: ignore[return-value]
 
 
@@ -409,43 +438,50 @@ def _via_host(fn, device: torch.device, *args):
 
 
 # =================================================================================== custom ops
+def _run(impl, device: torch.device, *args):
+    with _device_guard(device):
+        if INTERPRET and device.type != "cpu":
+            return _via_host(impl, device, *args)
+        return impl(*args)
+
+
 @torch.library.triton_op("mtlkernels::filter_stats_triton", mutates_args=())
 def _filter_stats_op(weights: List[Tensor], grads: List[Tensor]) -> List[Tensor]:
-    if INTERPRET and weights[0].device.type != "cpu":
-        return _via_host(_filter_stats_impl, weights[0].device, weights, grads)
-    return _filter_stats_impl(weights, grads)
+    _rawcheck.filter_stats(weights, grads, op="filter_stats_triton")
+    return _run(_filter_stats_impl, weights[0].device, weights, grads)
 
 
 @torch.library.triton_op("mtlkernels::channel_contrib_triton", mutates_args=())
 def _channel_contrib_op(a3: Tensor, d3: Tensor) -> Tensor:
-    if INTERPRET and a3.device.type != "cpu":
-        return _via_host(_channel_contrib_impl, a3.device, a3, d3)
-    return _channel_contrib_impl(a3, d3)
+    _rawcheck.channel_contrib(a3, d3, op="channel_contrib_triton")
+    return _run(_channel_contrib_impl, a3.device, a3, d3)
 
 
 @torch.library.triton_op("mtlkernels::gather_triton", mutates_args=())
 def _gather_op(xs: List[Tensor], idx1: List[Optional[Tensor]], idx2: List[Optional[Tensor]],
                dim1: List[int], dim2: List[int]) -> List[Tensor]:
-    if INTERPRET and xs[0].device.type != "cpu":
-        return _via_host(_gather_impl, xs[0].device, xs, idx1, idx2, dim1, dim2)
-    return _gather_impl(xs, idx1, idx2, dim1, dim2)
+    _rawcheck.gather(xs, idx1, idx2, dim1, dim2, op="gather_triton")
+    return _run(_gather_impl, xs[0].device, xs, idx1, idx2, dim1, dim2)
 
 
-# Shape-only fake implementations (the real ones read data_ptr(), which FakeTensors lack) ...
+# Shape-only fake implementations (the real ones read data_ptr(), which FakeTensors lack), with
+# the real ones' argument checks ...
 @_filter_stats_op.register_fake
 def _(weights, grads):
-    num_tasks = len(grads) // len(weights)
+    num_tasks = _rawcheck.filter_stats(weights, grads, op="filter_stats_triton")
     rows = sum(int(w.shape[0]) for w in weights)
     return list(_empty_stats(rows, num_tasks, weights[0].device))
 
 
 @_channel_contrib_op.register_fake
 def _(a3, d3):
+    _rawcheck.channel_contrib(a3, d3, op="channel_contrib_triton")
     return a3.new_empty(a3.shape[1], dtype=torch.float32)
 
 
 @_gather_op.register_fake
 def _(xs, idx1, idx2, dim1, dim2):
+    _rawcheck.gather(xs, idx1, idx2, dim1, dim2, op="gather_triton")
     return [x.new_empty(_canonical(x, i1, i2, d1, d2)[4]) for x, i1, i2, d1, d2
             in zip(xs, idx1, idx2, dim1, dim2)]
 

@@ -367,3 +367,55 @@ def test_cpu_without_interpreter_falls_back_to_reference(monkeypatch):
     torch.testing.assert_close(triton_ops.channel_contrib(act, grad), reference.channel_contrib(act, grad))
     assert torch.equal(triton_ops.gather([x], [i1], [i2], [0], [1])[0],
                        reference.gather([x], [i1], [i2], [0], [1])[0])
+
+
+# ------------------------------------------------------------------------------ device guard
+def test_device_guard_is_the_tensors_device():
+    guard = triton_ops._device_guard(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(triton_ops._device_guard(torch.device("cpu")), contextlib.nullcontext)
+
+
+def test_launches_and_table_copies_run_inside_the_device_guard(monkeypatch):
+    """Triton launches on the current device and stream, and a table copy goes to its destination
+    device's current stream: with tensors on cuda:1 and cuda:0 current, GPU 0 would get GPU 1
+    addresses, and the copy and the launch would sit on different streams. So every launch and
+    every table copy must happen inside the guard of the tensors' device."""
+    entered, depth, events = [], [], []
+
+    @contextlib.contextmanager
+    def guard(device):
+        entered.append(device)
+        depth.append(1)
+        try:
+            yield
+        finally:
+            depth.pop()
+
+    real_wrap, real_copy = torch.library.wrap_triton, triton_ops._to_device
+
+    def wrap(kernel):
+        launcher = real_wrap(kernel)
+
+        class Grid:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    events.append(("launch", bool(depth)))
+                    return launcher[grid](*args, **kwargs)
+                return launch
+        return Grid()
+
+    def copy(host, device):
+        events.append(("copy", bool(depth)))
+        return real_copy(host, device)
+
+    monkeypatch.setattr(triton_ops, "_device_guard", guard)
+    monkeypatch.setattr(torch.library, "wrap_triton", wrap)
+    monkeypatch.setattr(triton_ops, "_to_device", copy)
+    ws, gs, act, grad, x, i1, i2 = _small_inputs()
+    torch.ops.mtlkernels.filter_stats_triton(ws, gs)
+    torch.ops.mtlkernels.channel_contrib_triton(act, grad)
+    torch.ops.mtlkernels.gather_triton([x], [i1], [i2], [0], [1])
+    assert entered == [DEVICE] * 3
+    assert sorted({kind for kind, _ in events}) == ["copy", "launch"]
+    assert all(inside for _, inside in events), events
