@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .kinds import LayerKind, by_name, kind_of, leaf_classes
+
 __all__ = ["Analysis", "analyse", "LayerInfo"]
 
 BLOCKED = 0
@@ -137,7 +139,7 @@ class LayerInfo:
 
     @property
     def produces(self) -> bool:
-        return self.kind in ("conv", "convT", "linear")
+        return by_name(self.kind).flow == "produce"
 
 
 @dataclass
@@ -206,7 +208,7 @@ def analyse(
     under a ``FakeTensorMode`` (no real compute: re-analysing after each compaction is cheap),
     falling back to a real forward (eval mode, no grad) if fake propagation fails."""
     try:
-        gm = torch.fx.symbolic_trace(model, **(tracer_kwargs or {}))
+        gm = _trace(model, tracer_kwargs)
     except Exception as exc:  # pragma: no cover - depends on the user's model
         raise RuntimeError(
             "mtlkernels.pruning: torch.fx.symbolic_trace could not trace the model "
@@ -236,6 +238,7 @@ def analyse(
     pass_labels: Dict[str, List[int]] = {}     # per-channel modules
     kinds: Dict[str, str] = {}
     order: List[str] = []
+    shared: Dict[str, List[str]] = {}          # layer -> its tensors read outside the layer
 
     def labels_of(a) -> Optional[List[int]]:
         return env.get(a) if isinstance(a, torch.fx.Node) else None
@@ -266,12 +269,43 @@ def analyse(
     def first_tensor_arg(node):
         return node.args[0] if node.args else next(iter(node.kwargs.values()), None)
 
+    def layer_flow(name: str, mod: nn.Module, kind: LayerKind, x: List[int]) -> List[int]:
+        """Labels of a registered layer's output (see :mod:`.kinds`), recording what it owns."""
+        if name not in kinds:
+            kinds[name] = kind.name
+            order.append(name)
+        g = getattr(mod, "groups", 1) if kind.name == "conv" else 1
+        if kind.flow == "produce":
+            n_in = len(x) // g
+            for k in range(1, g):  # a grouped conv: input position j of every group is one label
+                tie(x[:n_in], x[k * n_in:(k + 1) * n_in])
+            record(in_labels, name, x[:n_in])
+            if name not in out_labels:
+                n_out = _out_channels(mod) // g
+                fresh = uf.new(n_out)
+                out_labels[name] = [fresh[j] for _ in range(g) for j in range(n_out)]
+            return list(out_labels[name])
+        if kind.name == "groupnorm":
+            per = len(x) // mod.num_groups
+            for k in range(mod.num_groups):  # whole norm groups: their channels go together
+                tie([x[k * per]] * (per - 1), x[k * per + 1:(k + 1) * per])
+        res = list(x)
+        if kind.name == "dwconv":
+            res = [c for c in x for _ in range(mod.out_channels // mod.in_channels)]
+        record(pass_labels, name, res)
+        return res
+
     for node in gm.graph.nodes:
         shape = _tensor_meta(node)
         res: Optional[List[int]] = None
         if node.op == "placeholder":
             res = [BLOCKED] * shape[1] if shape is not None and len(shape) >= 2 else None
         elif node.op == "get_attr":
+            owner, _, attr = str(node.target).rpartition(".")
+            k = kind_of(modules[owner]) if owner in modules else None
+            if k is not None and attr in dict(k.tensors):
+                # used outside its module: its channels cannot be shrunk safely
+                shared.setdefault(owner, []).append(f"{owner}.{attr}")
             res = [BLOCKED] * shape[1] if shape is not None and len(shape) >= 2 else None
         elif node.op == "output":
             for a in _flat_nodes(node.args):
@@ -282,55 +316,11 @@ def analyse(
             mod = modules[name]
             x = labels_of(first_tensor_arg(node))
             in_shape = _tensor_meta(node.args[0]) if node.args and isinstance(node.args[0], torch.fx.Node) else None
-            is_conv = isinstance(mod, nn.modules.conv._ConvNd)
-            # a depthwise conv pruned down to one channel also has groups == 1: it must stay a
-            # per-channel (pass-through) layer, or re-analysis would give it a new group
-            is_dw = (is_conv and not isinstance(mod, nn.modules.conv._ConvTransposeNd)
-                     and mod.groups == mod.in_channels == mod.out_channels)
-            if is_conv and x is not None and mod.groups == 1 and not is_dw:
-                kind = "convT" if isinstance(mod, nn.modules.conv._ConvTransposeNd) else "conv"
-                record(in_labels, name, x)
-                if name not in out_labels:
-                    out_labels[name] = uf.new(mod.out_channels)
-                    kinds[name] = kind
-                    order.append(name)
-                res = list(out_labels[name])
+            kind = kind_of(mod)
+            if kind is not None and x is not None and _accepts(kind, mod, in_shape, len(x)):
+                res = layer_flow(name, mod, kind, x)
                 if name in exclude:
                     block(res)
-            elif is_dw and x is not None:
-                record(pass_labels, name, x)
-                if name not in kinds:
-                    kinds[name] = "dwconv"
-                    order.append(name)
-                res = list(x)
-                if name in exclude:
-                    block(res)
-            elif isinstance(mod, nn.Linear) and x is not None and in_shape is not None and len(in_shape) == 2:
-                record(in_labels, name, x)
-                if name not in out_labels:
-                    out_labels[name] = uf.new(mod.out_features)
-                    kinds[name] = "linear"
-                    order.append(name)
-                res = list(out_labels[name])
-                if name in exclude:
-                    block(res)
-            elif (isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm))
-                  and x is not None):
-                if mod.weight is not None or getattr(mod, "running_mean", None) is not None:
-                    record(pass_labels, name, x)
-                    if name not in kinds:
-                        kinds[name] = "norm"
-                        order.append(name)
-                res = list(x)
-                if name in exclude:
-                    block(res)
-            elif isinstance(mod, nn.PReLU) and x is not None:
-                if mod.num_parameters > 1:
-                    record(pass_labels, name, x)
-                    if name not in kinds:
-                        kinds[name] = "prelu"
-                        order.append(name)
-                res = list(x)
             elif isinstance(mod, _PASS_MODULES) and x is not None:
                 res = list(x)
             elif isinstance(mod, nn.Flatten) and x is not None and in_shape is not None:
@@ -344,7 +334,23 @@ def analyse(
             is_m = node.op == "call_method"
             x = labels_of(node.args[0]) if node.args else None
             tname = tgt if is_m else getattr(tgt, "__name__", str(tgt))
-            if shape is None and ((is_m and tgt in _QUERY_METHODS) or (not is_m and tgt in _QUERY_FUNCS)):
+            ins = [env.get(a) for a in _flat_nodes((node.args, node.kwargs))]
+            if shape is None and _tuple_shapes(node) is None and all(l is None for l in ins):
+                env[node] = None  # arithmetic on sizes, comparisons, asserts: no channel flows
+                continue
+            if not is_m and tgt is operator.getitem and isinstance(env.get(node.args[0]), tuple):
+                i = node.args[1]
+                pieces = env[node.args[0]]
+                res = list(pieces[i]) if isinstance(i, int) and -len(pieces) <= i < len(pieces) else None
+                if res is None:
+                    res = unknown(node, f"{node.name} ({tname})")
+            elif tname == "chunk" and x is not None:
+                pieces = _chunk(node, x, tie)
+                if pieces is None:
+                    unknown(node, f"{node.name} ({tname})")
+                env[node] = pieces
+                continue
+            elif shape is None and ((is_m and tgt in _QUERY_METHODS) or (not is_m and tgt in _QUERY_FUNCS)):
                 # size / shape queries and getitem on Python containers: no tensor flows
                 if not (not is_m and tgt is operator.getitem and x is not None):
                     env[node] = None
@@ -383,6 +389,11 @@ def analyse(
             res = None
         env[node] = res
 
+    for name, tensors in shared.items():
+        for mapping in (out_labels, in_labels, pass_labels):
+            block(mapping.get(name))
+        unsupported.append(f"{name} ({', '.join(tensors)} also used outside the module)")
+
     # groups: roots not BLOCKED, numbered by first appearance (deterministic)
     gid: Dict[int, int] = {}
 
@@ -400,13 +411,10 @@ def analyse(
 
     layers: Dict[str, LayerInfo] = {}
     for name in order:
-        kind = kinds[name]
-        if kind in ("conv", "convT", "linear"):
-            og = group_ids(out_labels[name])
-            layers[name] = LayerInfo(name, kind, og, None, 1 if kind == "convT" else 0,
-                                     0 if kind == "convT" else 1, name in exclude)
-        else:
-            layers[name] = LayerInfo(name, kind, group_ids(pass_labels[name]), None, 0, 1, name in exclude)
+        kind = by_name(kinds[name])
+        labels = out_labels[name] if kind.flow == "produce" else pass_labels[name]
+        layers[name] = LayerInfo(name, kind.name, group_ids(labels), None, kind.out_dim, kind.in_dim,
+                                 name in exclude)
     for name in order:
         if name in in_labels:
             layers[name].in_groups = group_ids(in_labels[name])
@@ -419,6 +427,73 @@ def analyse(
                 members[g].append((name, int(cnt[g])))
     # groups that are consumed but produced by no layer cannot exist (labels come from producers)
     return Analysis(layers, len(gid), unsupported, members)
+
+
+def _tuple_shapes(node: torch.fx.Node) -> Optional[List[Tuple[int, ...]]]:
+    tm = node.meta.get("tensor_meta")
+    if isinstance(tm, (tuple, list)) and tm and all(hasattr(t, "shape") for t in tm):
+        return [tuple(t.shape) for t in tm]
+    return None
+
+
+def _chunk(node, x: List[int], tie) -> Optional[Tuple[List[int], ...]]:
+    """``chunk`` along the channel dim: equal pieces, position j of every piece tied (the pieces
+    stay equal after pruning, as chunk makes them); along another dim every piece has x's channels.
+    ``split`` has absolute sizes, so it stays not understood."""
+    shapes = _tuple_shapes(node)
+    in_shape = _tensor_meta(node.args[0])
+    if shapes is None or in_shape is None or len(in_shape) < 2:
+        return None
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    if not isinstance(dim, int):
+        return None
+    if _norm_dim(dim, len(in_shape)) != 1:
+        return tuple(list(x) for _ in shapes)
+    n = shapes[0][1]
+    if any(s[1] != n for s in shapes) or n * len(shapes) != len(x):
+        return None
+    pieces = tuple(x[i * n:(i + 1) * n] for i in range(len(shapes)))
+    for p in pieces[1:]:
+        tie(pieces[0], p)
+    return pieces
+
+
+def _accepts(kind: LayerKind, mod: nn.Module, in_shape, n_labels: int) -> bool:
+    """Whether a registered layer is used the way its kind assumes (else: not understood)."""
+    if kind.name == "linear":
+        return in_shape is not None and len(in_shape) == 2   # a Linear on [N, ..., C] moves the channel dim
+    if kind.name == "convT":
+        return mod.groups == 1
+    if kind.name == "groupnorm":
+        return n_labels == mod.num_channels
+    return True
+
+
+def _out_channels(mod: nn.Module) -> int:
+    return mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps every module of a registered kind a leaf, subclasses included (fx only keeps modules
+    defined in torch.nn: it would trace into timm's BatchNormAct2d or a user's BatchNorm subclass,
+    whose input-dim check cannot run on a Proxy), and the channel-preserving modules."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, leaf_classes() + _PASS_MODULES) or super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module, tracer_kwargs: Optional[dict]) -> torch.fx.GraphModule:
+    """Traced in eval mode: train-only branches (stochastic depth, drop-path) are channel-preserving
+    and often untraceable (they size random noise from a Proxy); eval mode skips them."""
+    was_training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        tracer = _Tracer(**(tracer_kwargs or {}))
+        graph = tracer.trace(model)
+        return torch.fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+    finally:
+        for m, t in was_training.items():
+            m.training = t
 
 
 def _binary(node, shape, env, tie) -> Optional[List[int]]:

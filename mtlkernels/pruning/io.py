@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from .kinds import kind_of
+
 __all__ = [
     "architecture", "apply_architecture", "fingerprint", "check_fingerprint", "save_pruned",
     "load_pruned", "model_from_checkpoint", "atomic_save", "atomic_write_bytes", "atomic_write_text",
@@ -41,24 +43,14 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- architecture
-_ATTRS = {
-    nn.modules.conv._ConvNd: ("in_channels", "out_channels", "groups"),
-    nn.Linear: ("in_features", "out_features"),
-    nn.modules.batchnorm._BatchNorm: ("num_features",),
-    nn.modules.instancenorm._InstanceNorm: ("num_features",),
-    nn.PReLU: ("num_parameters",),
-}
-
-
 def _attrs_of(m: nn.Module):
-    for cls, attrs in _ATTRS.items():
-        if isinstance(m, cls):
-            return attrs
-    return None
+    k = kind_of(m)
+    return None if k is None else k.record
 
 
 def architecture(model: nn.Module) -> Dict[str, Dict[str, Any]]:
-    """``{module name: {"type": class name, attr: value}}`` for every conv / linear / norm / PReLU."""
+    """``{module name: {"type": class name, attr: value}}`` for every module of a prunable kind
+    (:mod:`.kinds`: the attributes a compaction may change)."""
     arch: Dict[str, Dict[str, Any]] = {}
     for name, m in model.named_modules():
         attrs = _attrs_of(m)
@@ -129,13 +121,15 @@ def fingerprint(model: nn.Module) -> Dict[str, Dict[str, Any]]:
     """``{module name: {"type", "parameters", hyperparameter: value}}`` for every module: its class
     name, which parameters it has (e.g. whether a conv has a bias) and the hyperparameters in
     ``_HYPER`` it sets (kernel size, stride, padding, dilation, norm eps / affine, pooling...).
-    Channel counts and ``groups`` are left out: pruning changes them (``architecture`` holds them)."""
+    Channel counts, ``groups`` and GroupNorm's ``num_groups`` are left out: pruning changes them
+    (``architecture`` holds them)."""
     fp: Dict[str, Dict[str, Any]] = {}
     for name, m in model.named_modules():
         spec: Dict[str, Any] = {"type": type(m).__name__,
                                 "parameters": sorted(k for k, p in m._parameters.items() if p is not None)}
+        changed = _attrs_of(m) or ()
         for a in _HYPER:
-            if a in m.__dict__:
+            if a in m.__dict__ and a not in changed:
                 v = _plain(m.__dict__[a])
                 if v is not _SKIP:
                     spec[a] = v
@@ -146,9 +140,9 @@ def fingerprint(model: nn.Module) -> Dict[str, Dict[str, Any]]:
 def _groups_differ(m: nn.Module, spec: Dict[str, Any]) -> bool:
     if "groups" not in spec or not hasattr(m, "groups") or int(m.groups) == spec["groups"]:
         return False
-    # pruning a depthwise conv keeps groups == in == out, so the unpruned one may have more groups
-    depthwise_here = m.groups == getattr(m, "in_channels", None) == getattr(m, "out_channels", None)
-    depthwise_saved = spec["groups"] == spec.get("in_channels") == spec.get("out_channels")
+    # pruning a depthwise conv keeps groups == in_channels, so the unpruned one may have more groups
+    depthwise_here = m.groups == getattr(m, "in_channels", None)
+    depthwise_saved = spec["groups"] == spec.get("in_channels")
     return not (depthwise_here and depthwise_saved)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,8 @@ from torch import Tensor, nn
 from .. import criteria as _criteria
 from .. import ops as _ops
 from .graph import Analysis, analyse
+from . import ranking as _ranking
+from .kinds import by_name
 from .io import (CheckpointError, architecture, atomic_save, check_fingerprint, fingerprint, model_from_checkpoint,
                  read_kind)
 from .scoring import DRIVER_CRITERIA, LAYER_NORMS, REDUCTIONS, SCOPES, ScoreAccumulator, Scorer
@@ -84,23 +85,19 @@ def _hit(groups: Tensor, flags: Tensor) -> Tensor:
     return (groups >= 0) & flags[groups.clamp_min(0)]
 
 
-def _param_attrs(kind: str) -> List[Tuple[str, str]]:
-    """(attribute, role) of the tensors of a layer kind; role: 'w' (weight with out+in dims),
-    'out' (1-D / per-channel along dim 0)."""
-    if kind in ("conv", "convT", "linear"):
-        return [("weight", "w"), ("bias", "out")]
-    if kind == "dwconv":
-        return [("weight", "out"), ("bias", "out")]
-    if kind == "norm":
-        return [("weight", "out"), ("bias", "out"), ("running_mean", "out"), ("running_var", "out")]
-    if kind == "prelu":
-        return [("weight", "out")]
-    raise ValueError(kind)
+def _like_layout(new: Tensor, old: Tensor) -> Tensor:
+    """A channels_last tensor stays channels_last through compaction (the gather writes the default
+    layout), so a channels_last model keeps its fast path."""
+    if old.dim() in (4, 5) and not old.is_contiguous():
+        fmt = torch.channels_last if old.dim() == 4 else torch.channels_last_3d
+        if old.is_contiguous(memory_format=fmt):
+            return new.contiguous(memory_format=fmt)
+    return new
 
 
 def _layer_tensors(mod: nn.Module, kind: str):
-    """(attribute, role, tensor) of the layer's existing channel-carrying tensors."""
-    for attr, role in _param_attrs(kind):
+    """(attribute, role, tensor) of the layer's existing channel-carrying tensors (:mod:`.kinds`)."""
+    for attr, role in by_name(kind).tensors:
         t = getattr(mod, attr, None)
         if t is not None:
             yield attr, role, t
@@ -482,136 +479,12 @@ class MultiTaskPruner:
         return self._scorer.group_scores(self.scores(), self._alive, self.layer_norm, self.group_reduction)
 
 
-    def _components(self, alive: Tensor):
-        """Coupled layer sets: groups joined by the layers they share."""
-        parent = list(range(self.an.num_groups))
-
-        def find(a):
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
-        first_of_layer: Dict[str, int] = {}
-        for g, mem in enumerate(self.an.group_members):
-            for name, _ in mem:
-                if name in first_of_layer:
-                    ra, rb = find(first_of_layer[name]), find(g)
-                    if ra != rb:
-                        parent[max(ra, rb)] = min(ra, rb)
-                else:
-                    first_of_layer[name] = g
-        comps: Dict[int, List[int]] = {}
-        for g in range(self.an.num_groups):
-            if alive[g]:
-                comps.setdefault(find(g), []).append(g)
-        return [comps[k] for k in sorted(comps)]
-
-    def _chunks(self, comp: List[int], gscore: List[float], counts: Dict[str, int]):
-        """The component's groups, lowest score first, in chunks that keep the counts rounded."""
-        order = sorted(comp, key=lambda g: (gscore[g], g))
-        order = [g for g in order if math.isfinite(gscore[g])]
-        k = self.round_to or 1
-        ref = self.an.group_members[comp[0]][0][0]
-        first = counts[ref] % k or k
-        chunks, i, size = [], 0, first
-        while i < len(order):
-            chunk = order[i:i + size]
-            if len(chunk) < size:
-                break
-            chunks.append(chunk)
-            i += size
-            size = k
-        return chunks
-
-    def _fits(self, chunk: List[int], counts: Dict[str, int], removed: Dict[str, int]) -> Optional[Dict[str, int]]:
-        need: Dict[str, int] = {}
-        for g in chunk:
-            for name, c in self.an.group_members[g]:
-                need[name] = need.get(name, 0) + c
-        for name, c in need.items():
-            if counts[name] - removed.get(name, 0) - c < self._min_of(name):
-                return None
-        return need
-
     def select(self, n: int, gscore: Optional[Tensor] = None) -> List[int]:
         """The group ids ``prune(n)`` would remove (the ranking, without touching the model)."""
         if gscore is None:
             gscore = self.group_scores()
-        counts = self.layer_channels()
-        comps = self._components(self._alive)
-        gl = gscore.tolist()
-        chunk_lists = [self._chunks(c, gl, counts) for c in comps]
-        removed: Dict[str, int] = {}
-        picked: List[int] = []
-        if self.ranking == "global":
-            cands = []
-            for ci, chunks in enumerate(chunk_lists):
-                for k, ch in enumerate(chunks):
-                    sc = math.fsum(gl[g] for g in ch) / len(ch)
-                    cands.append((sc, ci, k, ch))
-            cands.sort(key=lambda c: (c[0], c[1], c[2]))
-            blocked = set()
-            for sc, ci, k, ch in cands:
-                if len(picked) >= n:
-                    break
-                if ci in blocked:
-                    continue
-                need = self._fits(ch, counts, removed)
-                if need is None:
-                    if self.round_to:  # later chunks of this layer set depend on this one
-                        blocked.add(ci)
-                    continue
-                for name, c in need.items():
-                    removed[name] = removed.get(name, 0) + c
-                picked.extend(ch)
-        else:  # uniform: the same fraction of every coupled layer set
-            sizes = [len(c) for c in comps]
-            total = sum(sizes)
-            if total == 0:
-                return []
-            # capacity of each component under the minimum rules
-            caps = []
-            for chunks in chunk_lists:
-                rem: Dict[str, int] = {}
-                cap = 0
-                for ch in chunks:
-                    need = self._fits(ch, counts, rem)
-                    if need is None:
-                        break
-                    for name, c in need.items():
-                        rem[name] = rem.get(name, 0) + c
-                    cap += len(ch)
-                caps.append(cap)
-            n_eff = min(n, sum(caps))
-            want = [n_eff * s / total for s in sizes]
-            quota = [min(int(math.floor(w)), c) for w, c in zip(want, caps)]
-            left = n_eff - sum(quota)
-            order = sorted(range(len(comps)), key=lambda i: (-(want[i] - math.floor(want[i])), i))
-            while left > 0:
-                progressed = False
-                for i in order:
-                    if left == 0:
-                        break
-                    if quota[i] < caps[i]:
-                        quota[i] += 1
-                        left -= 1
-                        progressed = True
-                if not progressed:
-                    break
-            for i, chunks in enumerate(chunk_lists):
-                got = 0
-                for ch in chunks:
-                    if got >= quota[i]:
-                        break
-                    need = self._fits(ch, counts, removed)
-                    if need is None:
-                        break
-                    for name, c in need.items():
-                        removed[name] = removed.get(name, 0) + c
-                    picked.extend(ch)
-                    got += len(ch)
-        return picked
+        return _ranking.select(self.an, gscore, self._alive, self.layer_channels(), n, self.ranking,
+                               self.round_to, self._min_of)
 
     # ------------------------------------------------------------------------------- prune
     def prune(self, n: int) -> PruneReport:
@@ -707,6 +580,7 @@ class MultiTaskPruner:
             new = _ops.gather_many(
                 [e[3].detach() for e in entries], [e[4] for e in entries], [e[5] for e in entries],
             out_dims=[e[6] for e in entries], in_dims=[e[7] for e in entries], backend=self.backend)
+            new = [_like_layout(t, e[3]) for t, e in zip(new, entries)]
         replaced: Dict[int, Tuple[nn.Parameter, nn.Parameter]] = {}
         new_params: Dict[Tuple[int, str], nn.Parameter] = {}
         for e, t in zip(entries, new):
@@ -737,26 +611,11 @@ class MultiTaskPruner:
                     state[p][e[8]] = t
         # module attributes
         for name, info in self.an.layers.items():
-            mod = self._modules[name]
-            if keep_out[name] is None and keep_in[name] is None:
+            ko = keep_out[name]
+            if ko is None and keep_in[name] is None:
                 continue
-            if info.kind in ("conv", "convT"):
-                if info.kind == "conv":
-                    mod.out_channels = mod.weight.shape[0]
-                    mod.in_channels = mod.weight.shape[1] * mod.groups
-                else:
-                    mod.in_channels = mod.weight.shape[0]
-                    mod.out_channels = mod.weight.shape[1] * mod.groups
-            elif info.kind == "dwconv":
-                c = mod.weight.shape[0]
-                mod.in_channels = mod.out_channels = mod.groups = c
-            elif info.kind == "linear":
-                mod.out_features, mod.in_features = mod.weight.shape
-            elif info.kind == "norm":
-                t = mod.weight if mod.weight is not None else mod.running_mean
-                mod.num_features = t.shape[0]
-            elif info.kind == "prelu":
-                mod.num_parameters = mod.weight.shape[0]
+            n_out = info.out_groups.numel() if ko is None else ko.numel()
+            by_name(info.kind).resize(self._modules[name], n_out)
         for name, ko in keep_out.items():
             if ko is not None:
                 self._orig[name] = self._orig[name][ko]
@@ -810,7 +669,7 @@ class MultiTaskPruner:
     def _install_mask_hooks(self) -> None:
         for name, info in self.an.layers.items():
             mod = self._modules[name]
-            for attr, _ in _param_attrs(info.kind):
+            for attr, _ in by_name(info.kind).tensors:
                 p = mod._parameters.get(attr)
                 if p is not None and p.requires_grad:
                     self._hooks.append(p.register_hook(functools.partial(self._grad_hook, name, attr)))
