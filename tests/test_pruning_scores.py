@@ -166,3 +166,25 @@ def test_bn_scale_and_weight_criteria():
     pr2 = MultiTaskPruner(Small(), TASKS, "cosine", example_inputs=x)
     with pytest.raises(RuntimeError, match="accumulate"):
         pr2.prune(1)
+
+
+def test_score_every_scores_every_kth_batch_and_keeps_the_gradient():
+    """score_every=2: per-task gradients on batches 0 and 2 only; the scores are the mean of
+    those batches' scores, and p.grad is the weighted task sum on every batch, as with k=1."""
+    torch.manual_seed(4)
+    data = batches(4)
+    models = {k: Small() for k in (1, 2)}
+    models[2].load_state_dict(models[1].state_dict())
+    prs = {k: MultiTaskPruner(m, TASKS, "cosine", example_inputs=data[0][0], score_every=k)
+           for k, m in models.items()}
+    per = {1: [], 2: []}
+    for x, y in data:
+        for k, m in models.items():
+            m.zero_grad()
+            per[k].append(prs[k].accumulate(losses_of(m, x, y)))
+        for p, q in zip(models[1].parameters(), models[2].parameters()):
+            torch.testing.assert_close(p.grad, q.grad)
+    assert [s.numel() > 0 for s in per[2]] == [True, False, True, False]
+    torch.testing.assert_close(prs[2].scores(), (per[1][0] + per[1][2]) / 2)
+    with pytest.raises(ValueError, match="score_every"):
+        MultiTaskPruner(Small(), TASKS, "cosine", example_inputs=data[0][0], score_every=0)

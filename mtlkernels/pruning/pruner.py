@@ -21,7 +21,6 @@ One pruning iteration, as in Garg, Zhang, Guan (2023) and NVIDIA's Taylor_prunin
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,10 +31,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import criteria as _criteria
-from .. import ops as _ops
 from .graph import Analysis, analyse
 from . import ranking as _ranking
-from .kinds import by_name
+from . import surgery as _surgery
 from .io import (CheckpointError, architecture, atomic_save, check_fingerprint, fingerprint, model_from_checkpoint,
                  read_kind)
 from .scoring import DRIVER_CRITERIA, LAYER_NORMS, REDUCTIONS, SCOPES, ScoreAccumulator, Scorer
@@ -78,31 +76,6 @@ class PruneReport:
         return getattr(self, key)
 
 
-def _hit(groups: Tensor, flags: Tensor) -> Tensor:
-    """``flags[groups]`` where ``groups >= 0``, False where ``-1`` (never pruned)."""
-    if flags.numel() == 0:
-        return torch.zeros(groups.shape, dtype=torch.bool)
-    return (groups >= 0) & flags[groups.clamp_min(0)]
-
-
-def _like_layout(new: Tensor, old: Tensor) -> Tensor:
-    """A channels_last tensor stays channels_last through compaction (the gather writes the default
-    layout), so a channels_last model keeps its fast path."""
-    if old.dim() in (4, 5) and not old.is_contiguous():
-        fmt = torch.channels_last if old.dim() == 4 else torch.channels_last_3d
-        if old.is_contiguous(memory_format=fmt):
-            return new.contiguous(memory_format=fmt)
-    return new
-
-
-def _layer_tensors(mod: nn.Module, kind: str):
-    """(attribute, role, tensor) of the layer's existing channel-carrying tensors (:mod:`.kinds`)."""
-    for attr, role in by_name(kind).tensors:
-        t = getattr(mod, attr, None)
-        if t is not None:
-            yield attr, role, t
-
-
 class MultiTaskPruner:
     """Dependency-aware structured pruning of a multi-task network (see the module docstring).
 
@@ -137,6 +110,9 @@ class MultiTaskPruner:
             criteria's ``lambda``.
         mode: ``"compact"`` (physically remove channels) or ``"mask"`` (zero them).
         seed: seed of the pruner's own generator (``random`` criterion), saved with its state.
+        score_every: compute per-task gradients and scores on every ``k``-th batch since the last
+            prune only (a plain backward of the weighted summed loss on the others); scores
+            average over the scored batches.
         grad_mode: ``"loop"`` (T ``autograd.grad`` calls, ``retain_graph``) or ``"batched"`` (one
             ``is_grads_batched`` call; falls back to the loop if the graph does not support it).
         backend: backend of the mtlkernels ops.
@@ -167,6 +143,7 @@ class MultiTaskPruner:
         mode: str = "compact",
         seed: int = 0,
         grad_mode: str = "loop",
+        score_every: int = 1,
         backend: str = "auto",
         warn_unsupported: bool = True,
         sync_grads: Union[str, bool] = "auto",
@@ -185,6 +162,8 @@ class MultiTaskPruner:
             raise ValueError(f"mode must be 'compact' or 'mask', got {mode!r}")
         if grad_mode not in ("loop", "batched"):
             raise ValueError(f"grad_mode must be 'loop' or 'batched', got {grad_mode!r}")
+        if isinstance(score_every, bool) or not isinstance(score_every, int) or score_every < 1:
+            raise ValueError(f"score_every must be an int >= 1, got {score_every!r}")
         if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
             raise ValueError(f"round_to must be None or a positive int, got {round_to!r}")
         if isinstance(score_accumulation, str):
@@ -226,6 +205,7 @@ class MultiTaskPruner:
         self.mode = mode
         self.seed = int(seed)
         self.grad_mode = grad_mode
+        self.score_every = score_every
         self.backend = backend
         self.warn_unsupported = warn_unsupported
         self.sync_grads = sync_grads
@@ -244,15 +224,14 @@ class MultiTaskPruner:
         self._scorer = Scorer(criterion, scope, tw, backend, self.generator)
         self._warned_tasks: set = set()
         self._batched_ok: Optional[bool] = None
-        self._hooks: list = []
         self.extra: Dict[str, Any] = {}
         self._analyse()
         # original channel numbering of every shrinkable layer
         self._orig = {n: torch.arange(i.out_groups.numel()) for n, i in self.an.layers.items()}
         self._alive = torch.ones(self.an.num_groups, dtype=torch.bool)
-        self._masks: Dict[str, Dict[str, Tensor]] = {}
+        self._mask = _surgery.Masks()
         if mode == "mask":
-            self._install_mask_hooks()
+            self._mask.install_hooks(self.an, self._modules, self.optimizer)
 
     # ------------------------------------------------------------------------------- analysis
     def _analyse(self) -> None:
@@ -279,7 +258,7 @@ class MultiTaskPruner:
         for n, info in self.an.layers.items():
             if info.produces:
                 og = info.out_groups
-                dead = _hit(og, ~self._alive)
+                dead = _surgery.hit(og, ~self._alive)
                 total += int(og.numel() - dead.sum())
         return total
 
@@ -288,7 +267,7 @@ class MultiTaskPruner:
         out = {}
         for n, info in self.an.layers.items():
             og = info.out_groups
-            dead = _hit(og, ~self._alive)
+            dead = _surgery.hit(og, ~self._alive)
             out[n] = int(og.numel() - dead.sum())
         return out
 
@@ -359,14 +338,17 @@ class MultiTaskPruner:
         loss_list = self._loss_list(losses)
         params = [p for p in self.model.parameters() if p.requires_grad]
         tw = self.task_weights or [1.0] * len(self.tasks)
-        if self._scorer.needs_grads:
+        # per-task gradients only on every score_every-th batch (and the first after a prune):
+        # T backward passes cost 2.3-2.6x a plain step, and the scores are averages anyway
+        scoring = self._scorer.needs_grads and self.num_batches % self.score_every == 0
+        if scoring:
             grads = self._task_grads(loss_list, params, retain_graph)
             self._set_grads(params, grads, tw)
         else:
             self._set_grads(params, [self._summed_loss_grads(loss_list, params, retain_graph)], [1.0])
         self.num_batches += 1
         self.total_batches += 1
-        if not self._scorer.needs_grads:
+        if not scoring:
             return torch.zeros(0, dtype=torch.float64)
         if not self._scorer.members:  # nothing prunable: count the batch all the same
             self._acc.update(torch.zeros(0, dtype=torch.float64))
@@ -514,7 +496,7 @@ class MultiTaskPruner:
                              nonfinite_groups=nonfinite)
         for name, info in self.an.layers.items():
             og = info.out_groups
-            hit = _hit(og, pruned)
+            hit = _surgery.hit(og, pruned)
             if hit.any():
                 idx = torch.nonzero(hit).flatten()
                 report.pruned_channels[name] = idx.tolist()
@@ -524,7 +506,7 @@ class MultiTaskPruner:
                 self._compact(pruned)
             else:
                 self._alive &= ~pruned
-                self._build_masks()
+                self._mask.build(self.an, self._modules, self._alive)
                 self.apply_masks()
         after = self.layer_channels()
         report.layer_channels = {k: (layer_before[k], after[k]) for k in layer_before if layer_before[k] != after[k]}
@@ -537,85 +519,7 @@ class MultiTaskPruner:
 
     # ------------------------------------------------------------------------------- compaction
     def _compact(self, pruned: Tensor) -> None:
-        entries = []  # (module, attr, kind ('param'|'buffer'|'grad'|'state'), tensor, oi, ii, od, id, extra)
-        keep_out: Dict[str, Optional[Tensor]] = {}
-        keep_in: Dict[str, Optional[Tensor]] = {}
-        for name, info in self.an.layers.items():
-            og = info.out_groups
-            hit = _hit(og, pruned)
-            keep_out[name] = torch.nonzero(~hit).flatten() if hit.any() else None
-            if info.in_groups is not None:
-                ig = info.in_groups
-                hit_in = _hit(ig, pruned)
-                keep_in[name] = torch.nonzero(~hit_in).flatten() if hit_in.any() else None
-            else:
-                keep_in[name] = None
-        opt_state = self.optimizer.state if self.optimizer is not None else {}
-        for name, info in self.an.layers.items():
-            ko, ki = keep_out[name], keep_in[name]
-            if ko is None and ki is None:
-                continue
-            mod = self._modules[name]
-            for attr, role, t in _layer_tensors(mod, info.kind):
-                if role == "w":
-                    oi, ii, od, idim = ko, ki, info.out_dim, info.in_dim
-                else:
-                    oi, ii, od, idim = ko, None, 0, 1
-                if oi is None and ii is None:
-                    continue
-                oi = None if oi is None else oi.to(t.device)
-                ii = None if ii is None else ii.to(t.device)
-                is_param = attr in mod._parameters
-                entries.append((mod, attr, "param" if is_param else "buffer", t, oi, ii, od, idim, None))
-                if is_param:
-                    if t.grad is not None:
-                        entries.append((mod, attr, "grad", t.grad, oi, ii, od, idim, None))
-                    st = opt_state.get(t, {}) if opt_state else {}
-                    for key, v in st.items():
-                        if isinstance(v, Tensor) and v.shape == t.shape and v.dim() > 0:
-                            entries.append((mod, attr, "state", v, oi, ii, od, idim, key))
-        if not entries:
-            return
-        with torch.no_grad():
-            new = _ops.gather_many(
-                [e[3].detach() for e in entries], [e[4] for e in entries], [e[5] for e in entries],
-            out_dims=[e[6] for e in entries], in_dims=[e[7] for e in entries], backend=self.backend)
-            new = [_like_layout(t, e[3]) for t, e in zip(new, entries)]
-        replaced: Dict[int, Tuple[nn.Parameter, nn.Parameter]] = {}
-        new_params: Dict[Tuple[int, str], nn.Parameter] = {}
-        for e, t in zip(entries, new):
-            mod, attr, kind = e[0], e[1], e[2]
-            if kind == "param":
-                old = e[3]
-                p = nn.Parameter(t, requires_grad=old.requires_grad)
-                mod._parameters[attr] = p
-                new_params[(id(mod), attr)] = p
-                replaced[id(old)] = (old, p)
-            elif kind == "buffer":
-                mod._buffers[attr] = t
-        for e, t in zip(entries, new):
-            mod, attr, kind = e[0], e[1], e[2]
-            if kind == "grad":
-                new_params[(id(mod), attr)].grad = t
-        if self.optimizer is not None:
-            for group in self.optimizer.param_groups:
-                group["params"] = [replaced[id(p)][1] if id(p) in replaced else p for p in group["params"]]
-            state = self.optimizer.state
-            for old_id, (old, p) in replaced.items():
-                if old in state:
-                    st = state.pop(old)
-                    state[p] = dict(st)
-            for e, t in zip(entries, new):
-                if e[2] == "state":
-                    p = new_params[(id(e[0]), e[1])]
-                    state[p][e[8]] = t
-        # module attributes
-        for name, info in self.an.layers.items():
-            ko = keep_out[name]
-            if ko is None and keep_in[name] is None:
-                continue
-            n_out = info.out_groups.numel() if ko is None else ko.numel()
-            by_name(info.kind).resize(self._modules[name], n_out)
+        keep_out = _surgery.compact(self.an, self._modules, pruned, self.optimizer, self.backend)
         for name, ko in keep_out.items():
             if ko is not None:
                 self._orig[name] = self._orig[name][ko]
@@ -623,84 +527,20 @@ class MultiTaskPruner:
         self._alive = torch.ones(self.an.num_groups, dtype=torch.bool)
 
     # ------------------------------------------------------------------------------- masking
-    def _build_masks(self) -> None:
-        """Per (module, attr) multiplicative masks of the dead channels (mask mode)."""
-        self._masks = {}
-        dead = ~self._alive
-        for name, info in self.an.layers.items():
-            og = info.out_groups
-            out_dead = _hit(og, dead)
-            in_dead = None
-            if info.in_groups is not None:
-                ig = info.in_groups
-                in_dead = _hit(ig, dead)
-            if not out_dead.any() and (in_dead is None or not in_dead.any()):
-                continue
-            mod = self._modules[name]
-            for attr, role, t in _layer_tensors(mod, info.kind):
-                shape = [1] * t.dim()
-                if role == "w":
-                    mo = (~out_dead).to(t.dtype)
-                    so = [1] * t.dim()
-                    so[info.out_dim] = -1
-                    mask = mo.view(so)
-                    if in_dead is not None:
-                        mi = (~in_dead).to(t.dtype)
-                        si = [1] * t.dim()
-                        si[info.in_dim] = -1
-                        mask = mask * mi.view(si)
-                else:
-                    shape[0] = -1
-                    mask = (~out_dead).to(t.dtype).view(shape)
-                self._masks.setdefault(name, {})[attr] = mask.to(t.device)
-
-    def _mask_for(self, p: Tensor) -> Optional[Tensor]:
-        for name, d in self._masks.items():
-            mod = self._modules[name]
-            for attr, m in d.items():
-                if mod._parameters.get(attr) is p:
-                    return m
-        return None
+    @property
+    def _masks(self) -> Dict[str, Dict[str, Tensor]]:
+        return self._mask.masks
 
     def _mask_tensor(self, p: Tensor, t: Tensor) -> Tensor:
-        m = self._mask_for(p)
-        return t if m is None else t * m
+        return self._mask.mask_tensor(p, t)
 
-    def _install_mask_hooks(self) -> None:
-        for name, info in self.an.layers.items():
-            mod = self._modules[name]
-            for attr, _ in by_name(info.kind).tensors:
-                p = mod._parameters.get(attr)
-                if p is not None and p.requires_grad:
-                    self._hooks.append(p.register_hook(functools.partial(self._grad_hook, name, attr)))
-        if self.optimizer is not None and hasattr(self.optimizer, "register_step_post_hook"):
-            self._hooks.append(self.optimizer.register_step_post_hook(lambda *a, **k: self.apply_masks()))
-
-    def _grad_hook(self, name: str, attr: str, g: Tensor) -> Tensor:
-        m = self._masks.get(name, {}).get(attr)
-        return g if m is None else g * m
-
-    @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero the pruned channels of every parameter, buffer, gradient and optimizer state (mask
         mode; called after ``prune`` and after every ``optimizer.step``)."""
-        state = self.optimizer.state if self.optimizer is not None else {}
-        for name, d in self._masks.items():
-            mod = self._modules[name]
-            for attr, m in d.items():
-                t = getattr(mod, attr)
-                t.mul_(m)
-                if isinstance(t, nn.Parameter):
-                    if t.grad is not None:
-                        t.grad.mul_(m)
-                    for v in state.get(t, {}).values():
-                        if isinstance(v, Tensor) and v.shape == t.shape and v.dim() > 0:
-                            v.mul_(m)
+        self._mask.apply(self.optimizer)
 
     def remove_hooks(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        self._mask.remove_hooks()
 
     # ------------------------------------------------------------------------------- reinit
     def reinit(self, seed: Optional[int] = None, init_fn: Optional[Callable[[nn.Module], None]] = None) -> nn.Module:
@@ -718,11 +558,7 @@ class MultiTaskPruner:
             if init_fn is not None:
                 new.apply(init_fn)
         if self.mode == "mask" and self._masks:
-            mods = dict(new.named_modules())
-            with torch.no_grad():
-                for name, d in self._masks.items():
-                    for attr, m in d.items():
-                        getattr(mods[name], attr).mul_(m)
+            self._mask.apply(None, dict(new.named_modules()), tensors_only=True)
         for p in new.parameters():
             p.grad = None
         return new
@@ -735,6 +571,7 @@ class MultiTaskPruner:
             "layer_norm": self.layer_norm, "group_reduction": self.group_reduction, "scope": self.scope,
             "score_accumulation": self.score_accumulation, "task_weights": self.task_weights,
             "mode": self.mode, "seed": self.seed, "grad_mode": self.grad_mode, "backend": self.backend,
+            "score_every": self.score_every,
             "sync_grads": self.sync_grads,
         }
 
@@ -774,7 +611,7 @@ class MultiTaskPruner:
         self._alive = sd["alive"].clone()
         self._orig = {k: v.clone() for k, v in sd["orig"].items()}
         if self.mode == "mask":
-            self._build_masks()
+            self._mask.build(self.an, self._modules, self._alive)
             self.apply_masks()
 
     def save(self, path, *, include_model: bool = True, extra: Optional[Dict[str, Any]] = None) -> None:

@@ -1,9 +1,8 @@
 """Parameter / FLOP counting per task path, the iterative pruning schedule, a fine-tuning loop."""
 from __future__ import annotations
 
-import itertools
 import math
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
