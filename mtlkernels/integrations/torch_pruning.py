@@ -130,7 +130,7 @@ def _layout(groups, criterion: str, backend: str) -> _Layout:
         found = False
         for item in group.items:
             root_idxs = item.root_idxs
-            if item.dep.handler not in _OUT_HANDLERS or any(r is None or r not in position for r in root_idxs):
+            if item.dep.handler not in _OUT_HANDLERS or any(r not in position for r in root_idxs):
                 continue
             mod = item.dep.target.module
             slots = torch.tensor([start + position[r] for r in root_idxs], dtype=torch.int64)
@@ -145,11 +145,12 @@ def _layout(groups, criterion: str, backend: str) -> _Layout:
         roots[(root.dep.target.module, root.dep.handler)] = g
         has_member.append(found)
         offsets.append(start + len(root.idxs))
-    modules = {f"m{i}": mod for i, (mod, _) in enumerate(rows)}
-    names = {id(mod): n for n, mod in modules.items()}
-    members = [Member(names[id(mod)], attr, transpose[(mod, attr)], slots) for (mod, attr), slots in rows.items()]
+    names: Dict[nn.Module, str] = {}
+    for mod, _ in rows:
+        names.setdefault(mod, f"m{len(names)}")
+    members = [Member(names[mod], attr, transpose[(mod, attr)], slots) for (mod, attr), slots in rows.items()]
     scorer = Scorer(criterion, "group", None, backend, None)
-    scorer.modules, scorer.members = modules, members
+    scorer.modules, scorer.members = {n: mod for mod, n in names.items()}, members
     # Scorer.statistics orders rows: the 2-D+ members first, then the 1-D ones packed as one layer
     two_d = [m.groups for (mod, attr), m in zip(rows, members) if getattr(mod, attr).dim() > 1]
     one_d = [m.groups for (mod, attr), m in zip(rows, members) if getattr(mod, attr).dim() == 1]
@@ -338,9 +339,9 @@ class MultiTaskImportance(tp.importance.Importance):
             if not layout.has_member[0]:
                 return None
             return self._finish(self._scores(layout, lambda w: [torch.zeros_like(w)], None))
-        layout = self._layout
+        layout, acc = self._layout, self._acc.value()
         g = None if layout is None else layout.roots.get((root.dep.target.module, root.dep.handler))
-        if g is None or self._acc.value() is None:
+        if g is None or acc is None:
             raise RuntimeError(
                 f"MultiTaskImportance({self.criterion!r}) has no scores for the group rooted at "
                 f"{root.dep.target}: call imp.accumulate(pruner, losses) on at least one batch before "
@@ -351,8 +352,7 @@ class MultiTaskImportance(tp.importance.Importance):
                 "that no longer exist; accumulate again after every pruner.step()")
         if not layout.has_member[g]:
             return None
-        a = layout.offsets[g]
-        scores = self._acc.value()[a:layout.offsets[g + 1]]
+        scores = acc[layout.offsets[g]:layout.offsets[g + 1]]
         return self._finish(scores[torch.as_tensor(root.idxs, dtype=torch.int64)])
 
     def _finish(self, s: Tensor) -> Tensor:
