@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     import mtlkernels
-    from mtlkernels.models import VGG16MTL
+    from mtlkernels.study.models import VGG16MTL
     from mtlkernels.pruning import MultiTaskPruner
 
 TASKS = {"seg": 7, "depth": 1, "normal": 3}

@@ -1,6 +1,6 @@
 """Prune your own multi-task model inside your own training loop.
 
-The model below is *yours* (not from mtlkernels.models): a small shared encoder and three heads.
+The model below is *yours* (not from mtlkernels.study.models): a small shared encoder and three heads.
 The only changes to a usual training loop are the four marked lines: build a MultiTaskPruner,
 call ``pruner.accumulate(losses)`` instead of ``loss.backward()``, let a PruningSchedule prune
 every few steps, save the pruned model. The optimizer keeps working across compactions.
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlkernels.data import ProceduralScenes
-from mtlkernels.metrics import task_losses
+from mtlkernels.study.data import ProceduralScenes
+from mtlkernels.study.metrics import task_losses
 from mtlkernels.pruning import MultiTaskPruner, PruningSchedule, count_params_flops, load_pruned, save_pruned
 
 

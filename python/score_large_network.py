@@ -15,8 +15,8 @@ import torch
 
 import mtlkernels
 from mtlkernels.criteria import score
-from mtlkernels.metrics import task_losses
-from mtlkernels.models import VGG16MTL
+from mtlkernels.study.metrics import task_losses
+from mtlkernels.study.models import VGG16MTL
 from mtlkernels.ops import filter_stats_many
 
 

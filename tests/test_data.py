@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtlkernels.data import NYUv2, ProceduralScenes, batches, build_dataset
-from mtlkernels.data.procedural import CLASSES, render_scenes, split_seeds
+from mtlkernels.study.data import NYUv2, ProceduralScenes, batches, build_dataset
+from mtlkernels.study.data.procedural import CLASSES, render_scenes, split_seeds
 
 
 def test_render_shapes_and_ground_truth():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mtlkernels import metrics as M
+from mtlkernels.study import metrics as M
 
 
 def test_seg_metrics_by_hand():
@@ -60,7 +60,7 @@ def test_delta_m_sign_corrected():
 
 
 def test_trivial_predictors():
-    from mtlkernels.data import ProceduralScenes
+    from mtlkernels.study.data import ProceduralScenes
 
     ds = ProceduralScenes("train", 8, 32, seed=0, cache_dir=False)
     st = M.trivial_predictions(ds, ds.num_classes)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.fx
 
-from mtlkernels.models import DEFAULT_TASKS, ASPPHead, ResNetMTL, VGG16MTL, build_model
+from mtlkernels.study.models import DEFAULT_TASKS, ASPPHead, ResNetMTL, VGG16MTL, build_model
 
 TASKS = {"seg": 7, "depth": 1, "normal": 3}
 
@@ -62,7 +62,7 @@ def test_aspp_head_merge():
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet18"])
 def test_pruner_compacts_our_models(name):
-    from mtlkernels.metrics import task_losses
+    from mtlkernels.study.metrics import task_losses
     from mtlkernels.pruning import MultiTaskPruner
 
     torch.manual_seed(0)

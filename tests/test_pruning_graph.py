@@ -217,7 +217,7 @@ def test_schedule_with_fine_tune(kind):
 
 
 def test_mtlkernels_models_vgg16_and_resnet():
-    models = pytest.importorskip("mtlkernels.models")
+    models = pytest.importorskip("mtlkernels.study.models")
     x = torch.randn(1, 3, 32, 32)
     for ctor in (lambda: models.VGG16MTL(width=0.125, head_channels=8, pools=3),
                  lambda: models.ResNetMTL(depth=18, width=0.125, head_channels=8)):

@@ -11,9 +11,9 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from .. import metrics as M
-from ..data import MultiTaskDataset, build_dataset
-from ..models import build_model
+from . import metrics as M
+from .data import MultiTaskDataset, build_dataset
+from .models import build_model
 from .config import StudyConfig
 
 __all__ = [

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .. import metrics as M
+from . import metrics as M
 from ..pruning.io import atomic_write_text
 
 __all__ = ["write_all", "write_csv", "make_figures", "make_report", "findings"]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from .. import metrics as M
+from . import metrics as M
 from ..pruning import MultiTaskPruner, count_params_flops, load_pruned, save_pruned
 from ..pruning.io import (atomic_save, atomic_write_text, model_from_checkpoint, read_checkpoint,
                           remove_stale_temps)

@@ -1,7 +1,7 @@
 """Multi-task datasets: segmentation + depth + surface normals.
 
 * :class:`ProceduralScenes` -- the embedded default: ray-cast indoor-like scenes with exact ground
-  truth (see :mod:`mtlkernels.data.procedural`), deterministic per seed, cached on disk.
+  truth (see :mod:`mtlkernels.study.data.procedural`), deterministic per seed, cached on disk.
 * :class:`NYUv2` -- the widely used preprocessed NYUv2 layout (``<root>/<split>/{image,label,depth,
   normal}/<i>.npy``, 13 classes).
 
