@@ -71,6 +71,8 @@ _PASS_FUNCS = {
     F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest, F.pad,
     operator.neg, operator.pos,
 }
+# channel-preserving functions of libraries this package does not import (fx-wrapped leaves)
+_PASS_FUNC_NAMES = {"stochastic_depth", "drop_path", "drop_block_2d", "drop_block_fast_2d"}
 _PASS_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "detach",
     "float", "double", "half", "bfloat16", "to", "type_as", "clamp", "clamp_", "clip", "abs",
@@ -161,6 +163,10 @@ class Analysis:
 
 
 def _shape_prop(gm: torch.fx.GraphModule, inputs, fake: bool) -> None:
+    """Shapes of every node. Default: a real forward of ONE sample (channel counts do not depend on
+    the batch; under FakeTensorMode the copy of the module into fake tensors alone cost more than
+    that forward); the whole example batch if one sample fails; ``fake=True`` tries FakeTensorMode
+    first (no real compute at all, for models too large to run a sample)."""
     if fake:
         try:
             from torch._subclasses.fake_tensor import FakeTensorMode
@@ -172,9 +178,20 @@ def _shape_prop(gm: torch.fx.GraphModule, inputs, fake: bool) -> None:
         except Exception as exc:  # pragma: no cover - fall back to a real forward
             if os.environ.get("MTLKERNELS_PRUNING_DEBUG"):
                 print(f"fake shape propagation failed: {exc!r}")
-            for n in gm.graph.nodes:
-                n.meta.pop("tensor_meta", None)
+            _clear_meta(gm)
+    one = tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] > 1 else t for t in inputs)
+    if any(a is not b for a, b in zip(one, inputs)):
+        try:
+            ShapeProp(gm).propagate(*one)
+            return
+        except Exception:  # e.g. a model that needs its batch (reshapes by a fixed batch size)
+            _clear_meta(gm)
     ShapeProp(gm).propagate(*inputs)
+
+
+def _clear_meta(gm: torch.fx.GraphModule) -> None:
+    for n in gm.graph.nodes:
+        n.meta.pop("tensor_meta", None)
 
 
 def _tensor_meta(node: torch.fx.Node):
@@ -200,13 +217,12 @@ def analyse(
     exclude: Sequence[str] = (),
     *,
     tracer_kwargs: Optional[dict] = None,
-    fake: bool = True,
+    fake: bool = False,
 ) -> Analysis:
     """Trace ``model`` and find its prunable channel groups (see the module docstring).
 
-    Shapes come from :class:`ShapeProp` on ``example_inputs``; with ``fake=True`` (default) it runs
-    under a ``FakeTensorMode`` (no real compute: re-analysing after each compaction is cheap),
-    falling back to a real forward (eval mode, no grad) if fake propagation fails."""
+    Shapes come from :class:`ShapeProp` on one sample of ``example_inputs`` (eval mode, no grad;
+    the whole batch if one sample fails), or under a ``FakeTensorMode`` with ``fake=True``."""
     try:
         gm = _trace(model, tracer_kwargs)
     except Exception as exc:  # pragma: no cover - depends on the user's model
@@ -356,7 +372,7 @@ def analyse(
                     env[node] = None
                     continue
                 res = unknown(node, f"{node.name} ({tname})")
-            elif (is_m and tgt in _PASS_METHODS) or (not is_m and tgt in _PASS_FUNCS):
+            elif (is_m and tgt in _PASS_METHODS) or (not is_m and (tgt in _PASS_FUNCS or tname in _PASS_FUNC_NAMES)):
                 res = list(x) if x is not None else None
                 if res is None and shape is not None and len(shape) >= 2:
                     res = unknown(node, f"{node.name} ({tname})")
@@ -394,39 +410,44 @@ def analyse(
             block(mapping.get(name))
         unsupported.append(f"{name} ({', '.join(tensors)} also used outside the module)")
 
-    # groups: roots not BLOCKED, numbered by first appearance (deterministic)
-    gid: Dict[int, int] = {}
-
-    def group_ids(labels: List[int]) -> torch.Tensor:
-        out = []
-        for l in labels:
-            r = uf.find(l)
-            if r == uf.find(BLOCKED):
-                out.append(-1)
-            else:
-                if r not in gid:
-                    gid[r] = len(gid)
-                out.append(gid[r])
-        return torch.tensor(out, dtype=torch.int64)
-
+    lists = [(name, out_labels[name] if by_name(kinds[name]).flow == "produce" else pass_labels[name])
+             for name in order]
+    lists += [(name, in_labels[name]) for name in order if name in in_labels]
+    ids, num_groups = _number_groups(uf, [labels for _, labels in lists])
     layers: Dict[str, LayerInfo] = {}
-    for name in order:
+    for name, g in zip(order, ids):
         kind = by_name(kinds[name])
-        labels = out_labels[name] if kind.flow == "produce" else pass_labels[name]
-        layers[name] = LayerInfo(name, kind.name, group_ids(labels), None, kind.out_dim, kind.in_dim,
-                                 name in exclude)
-    for name in order:
-        if name in in_labels:
-            layers[name].in_groups = group_ids(in_labels[name])
-    members: List[List[Tuple[str, int]]] = [[] for _ in range(len(gid))]
+        layers[name] = LayerInfo(name, kind.name, g, None, kind.out_dim, kind.in_dim, name in exclude)
+    for (name, _), g in zip(lists[len(order):], ids[len(order):]):
+        layers[name].in_groups = g
+    members: List[List[Tuple[str, int]]] = [[] for _ in range(num_groups)]
     for name, info in layers.items():
-        og = info.out_groups
-        if (og >= 0).any():
-            cnt = torch.bincount(og[og >= 0], minlength=len(gid))
-            for g in torch.nonzero(cnt).flatten().tolist():
-                members[g].append((name, int(cnt[g])))
+        og = info.out_groups[info.out_groups >= 0]
+        if og.numel():
+            cnt = torch.bincount(og, minlength=num_groups)
+            nz = torch.nonzero(cnt).flatten()
+            for g, c in zip(nz.tolist(), cnt[nz].tolist()):
+                members[g].append((name, c))
     # groups that are consumed but produced by no layer cannot exist (labels come from producers)
-    return Analysis(layers, len(gid), unsupported, members)
+    return Analysis(layers, num_groups, unsupported, members)
+
+
+def _number_groups(uf: _UF, lists: List[List[int]]) -> Tuple[List[torch.Tensor], int]:
+    """Group id of every label of every list (-1 where BLOCKED): the union-find roots, numbered by
+    first appearance over the lists in order (deterministic), in one vectorised pass."""
+    n = len(uf.parent)
+    roots = torch.tensor([uf.find(i) for i in range(n)], dtype=torch.int64)
+    sizes = [len(l) for l in lists]
+    flat = torch.tensor([l for labels in lists for l in labels], dtype=torch.int64)
+    r = roots[flat] if flat.numel() else flat
+    valid = r != roots[BLOCKED]
+    pos = torch.arange(r.numel())
+    first = torch.full((n,), r.numel(), dtype=torch.int64).scatter_reduce(0, r[valid], pos[valid], "amin")
+    used = torch.nonzero(first < r.numel()).flatten()
+    gid = torch.full((n,), -1, dtype=torch.int64)
+    gid[used[torch.argsort(first[used])]] = torch.arange(used.numel())
+    out = torch.where(valid, gid[r], torch.full_like(r, -1))
+    return list(out.split(sizes)), int(used.numel())
 
 
 def _tuple_shapes(node: torch.fx.Node) -> Optional[List[Tuple[int, ...]]]:
