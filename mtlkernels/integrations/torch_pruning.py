@@ -48,7 +48,7 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch_pruning as tp
@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from torch_pruning.pruner import function as _fn
 
 from .. import criteria as _criteria
+from ..pruning import grads as _grads
 from ..pruning.scoring import Member, ScoreAccumulator, Scorer
 
 __all__ = ["MultiTaskImportance"]
@@ -149,36 +150,10 @@ def _layout(groups, criterion: str, backend: str) -> _Layout:
     for mod, _ in rows:
         names.setdefault(mod, f"m{len(names)}")
     members = [Member(names[mod], attr, transpose[(mod, attr)], slots) for (mod, attr), slots in rows.items()]
-    scorer = Scorer(criterion, "group", None, backend, None)
-    scorer.modules, scorer.members = {n: mod for mod, n in names.items()}, members
-    # Scorer.statistics orders rows: the 2-D+ members first, then the 1-D ones packed as one layer
-    two_d = [m.groups for (mod, attr), m in zip(rows, members) if getattr(mod, attr).dim() > 1]
-    one_d = [m.groups for (mod, attr), m in zip(rows, members) if getattr(mod, attr).dim() == 1]
-    row_slot = torch.cat(two_d + one_d) if members else torch.zeros(0, dtype=torch.int64)
+    scorer = Scorer.for_members(criterion, {n: mod for mod, n in names.items()}, members, backend)
+    row_slot = scorer.row_groups
     refs = [(mod, attr, weakref.ref(getattr(mod, attr))) for mod, attr in rows]
     return _Layout(scorer, row_slot, tuple(offsets), roots, has_member, refs)
-
-
-def _task_grads(losses: List[Optional[Tensor]], params: List[Tensor], retain_graph: bool):
-    """``[T][P]`` per-task gradients (``None`` where a task does not reach a parameter)."""
-    live = [i for i, l in enumerate(losses) if l is not None]
-    grads: List[List[Optional[Tensor]]] = [[None] * len(params) for _ in losses]
-    for k, i in enumerate(live):
-        keep = retain_graph or k < len(live) - 1
-        grads[i] = list(torch.autograd.grad(losses[i], params, retain_graph=keep, allow_unused=True))
-    return grads
-
-
-@torch.no_grad()
-def _add_grads(params: List[Tensor], grads, weights: Sequence[float]) -> None:
-    """``p.grad += sum_t w_t g_t``: what ``backward`` of the weighted summed loss would leave."""
-    for j, p in enumerate(params):
-        tot = None
-        for g, w in zip(grads, weights):
-            if g[j] is not None:
-                tot = g[j] * w if tot is None else tot.add_(g[j], alpha=w)
-        if tot is not None:
-            p.grad = tot.detach() if p.grad is None else p.grad.add_(tot)
 
 
 class MultiTaskImportance(tp.importance.Importance):
@@ -262,15 +237,11 @@ class MultiTaskImportance(tp.importance.Importance):
         self.num_batches += 1
         if not self.spec.needs_grads:
             if set_grad:
-                live = [(w, l) for w, l in zip(lam, loss_list) if l is not None]
-                if live:
-                    total = sum(w * l for w, l in live)
-                    _add_grads(params, [torch.autograd.grad(total, params, retain_graph=retain_graph,
-                                                            allow_unused=True)], [1.0])
+                _grads.add_to_grad(params, _grads.summed_loss_grads(loss_list, lam, params, retain_graph))
             return torch.zeros(0, dtype=torch.float64)
-        grads = _task_grads(loss_list, params, retain_graph)
+        grads = _grads.task_grads(loss_list, params, retain_graph)
         if set_grad:
-            _add_grads(params, grads, lam)
+            _grads.add_to_grad(params, _grads.weighted_sum(params, grads, lam))
         index = {id(p): j for j, p in enumerate(params)}
 
         def grad_of(w: Tensor) -> List[Tensor]:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .. import criteria as _criteria
 from .graph import Analysis, analyse
+from . import grads as _grads
 from . import ranking as _ranking
 from . import surgery as _surgery
 from .io import (CheckpointError, architecture, atomic_save, check_fingerprint, fingerprint, model_from_checkpoint,
@@ -321,10 +322,7 @@ class MultiTaskPruner:
                     warnings.warn(f"grad_mode='batched' failed ({exc}); using T backward passes",
                                   UserWarning, stacklevel=3)
                 self._batched_ok = False
-        for k, i in enumerate(live):
-            keep = retain_graph or k < len(live) - 1
-            grads[i] = list(torch.autograd.grad(losses[i], params, retain_graph=keep, allow_unused=True))
-        return grads
+        return _grads.task_grads(losses, params, retain_graph)
 
     def accumulate(self, losses, *, retain_graph: bool = False) -> Tensor:
         """Per-task gradients of one minibatch -> scores, accumulated.
@@ -345,7 +343,7 @@ class MultiTaskPruner:
             grads = self._task_grads(loss_list, params, retain_graph)
             self._set_grads(params, grads, tw)
         else:
-            self._set_grads(params, [self._summed_loss_grads(loss_list, params, retain_graph)], [1.0])
+            self._set_grads(params, [_grads.summed_loss_grads(loss_list, tw, params, retain_graph)], [1.0])
         self.num_batches += 1
         self.total_batches += 1
         if not scoring:
@@ -363,38 +361,14 @@ class MultiTaskPruner:
         self._acc.update(s)
         return s.cpu()
 
-    def _summed_loss_grads(self, losses: List[Optional[Tensor]], params: List[Tensor], retain_graph: bool):
-        """``[P]`` gradients of ``sum_t w_t L_t`` (one backward: weight-only criteria)."""
-        tw = self.task_weights or [1.0] * len(self.tasks)
-        live = [(w, l) for w, l in zip(tw, losses) if l is not None]
-        if not live:
-            return [None] * len(params)
-        total = sum(w * l for w, l in live)
-        return list(torch.autograd.grad(total, params, retain_graph=retain_graph, allow_unused=True))
-
     @torch.no_grad()
     def _set_grads(self, params: List[Tensor], grads: List[List[Optional[Tensor]]], tw: List[float]) -> None:
         """``p.grad += sum_t tw_t grads_t`` (one list per task, or one list already summed),
         masked in mask mode and averaged across ranks when asked."""
-        tots: List[Optional[Tensor]] = []
-        for j, p in enumerate(params):
-            tot = None
-            for t, gl in enumerate(grads):
-                g = gl[j]
-                if g is not None:
-                    tot = g * tw[t] if tot is None else tot.add_(g, alpha=tw[t])
-            if tot is not None and self.mode == "mask":
-                tot = self._mask_tensor(p, tot)
-            tots.append(tot)
+        tots = _grads.weighted_sum(params, grads, tw, self._mask_tensor if self.mode == "mask" else None)
         if self._sync_grads():
             tots = self._allreduce_grads(params, tots)
-        for p, tot in zip(params, tots):
-            if tot is None:
-                continue
-            if p.grad is None:
-                p.grad = tot.detach()
-            else:
-                p.grad.add_(tot)
+        _grads.add_to_grad(params, tots)
 
     def _sync_grads(self) -> bool:
         if self.sync_grads == "auto":

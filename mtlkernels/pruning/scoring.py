@@ -151,16 +151,28 @@ class Scorer:
     def needs_grads(self) -> bool:
         return self.spec.needs_grads
 
+    @classmethod
+    def for_members(cls, criterion: str, modules: Dict[str, nn.Module], members: Sequence[Member],
+                    backend: str = "auto") -> "Scorer":
+        """A scorer over given member tensors (e.g. another library's groups): ``statistics`` and
+        ``row_groups`` (each statistics row's ``Member.groups`` entry) without an analysis."""
+        sc = cls(criterion, "group", None, backend, None)
+        sc.modules, sc.members = modules, list(members)
+        sc.row_groups = sc._row_order()
+        return sc
+
+    def _row_order(self) -> Tensor:
+        """The members' ``groups`` in statistics-row order: the 2-D+ members in order, then the
+        1-D ones (packed into one layer by ``_inputs``)."""
+        rows = [m.groups for m in self.members if self._tensor(m).dim() > 1]
+        vecs = [m.groups for m in self.members if self._tensor(m).dim() == 1]
+        return torch.cat(rows + vecs) if rows or vecs else torch.zeros(0, dtype=torch.int64)
+
     def layout(self, an: Analysis, modules: Dict[str, nn.Module]) -> None:
         """(Re)build the row layout after an analysis: members, row -> group, segments."""
         self.an, self.modules = an, modules
         self.members = members_of(an, modules, self.which, self.scope)
-        rows = [m.groups for m in self.members if self._tensor(m).dim() > 1]
-        vecs = [m.groups for m in self.members if self._tensor(m).dim() == 1]
-        empty = torch.zeros(0, dtype=torch.int64)
-        # statistics rows: the 2-D+ members in order, then the packed 1-D members
-        self.row_groups = torch.cat(rows + vecs) if rows or vecs else empty
-        self.num_vec_rows = sum(v.numel() for v in vecs)
+        self.row_groups = self._row_order()
         # group scope: groups sorted by their anchor layer (first member layer), so that a
         # per-layer criterion (taylor_task_mean_norm) and layer_norm see segments
         G = an.num_groups
