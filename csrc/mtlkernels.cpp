@@ -32,7 +32,10 @@ std::string cuda_kernel_image_error(int64_t) { return "mtlkernels._C was built w
 #endif
 
 TORCH_LIBRARY(mtlkernels, m) {
-  // weights: L tensors [F_l, ...]; grads: L*T tensors, layer-major. Returns float32
+  // weights: L tensors [F_l, ...] whose rows are dense (row f = the K elements at f * K, in any
+  // order: contiguous, channels_last, ...). grads: per layer one [T, F_l, ...] stack (task t at
+  // base + t * stride(0)), or L*T tensors shaped like the weights, layer-major; every task gradient
+  // has its weight's strides. Returns float32
   // (dot [F, T], gram [F, T, T], wsq [F], wabs [F], wg2 [F, T, T]) over all F = sum F_l filters.
   m.def("filter_stats(Tensor[] weights, Tensor[] grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // activation, grad: [N, C, S] views (any strides). Returns float32 [C].

@@ -1,5 +1,5 @@
 """Argument checks of the raw ops (``torch.ops.mtlkernels.*`` and ``torch.ops.mtlkernels.*_triton``)
-that need no data: shapes, dtypes, devices, contiguity, lengths.
+that need no data: shapes, dtypes, devices, layouts, lengths.
 
 They mirror the C++ ops' ``TORCH_CHECK``s (``csrc/common/tables.cpp``) and run
 
@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from . import reference
+
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Largest T of the compiled kernels (csrc/include/mtlkernels/common.h kMaxTasks).
 MAX_TASKS = 16
@@ -36,34 +38,76 @@ def _tensor(x, op: str, name: str) -> Tensor:
     return x
 
 
+def rows_dense(x: Tensor, size=None, stride=None) -> bool:
+    """Row ``f`` is the ``K`` elements at ``f * K`` in some order: dims 1.. tile ``K`` densely in any
+    permutation (contiguous, channels_last, ...) and dim 0 steps by ``K`` (the C++ ``rows_dense``).
+    The statistics are sums within a row, so the order is free as long as W and every G_t share it."""
+    size = x.shape if size is None else size
+    stride = x.stride() if stride is None else stride
+    k = 1
+    for n in size[1:]:
+        k *= n
+    if size[0] > 1 and stride[0] != k:
+        return False
+    expect = 1
+    for st, n in sorted((st, n) for st, n in zip(stride[1:], size[1:]) if n != 1):
+        if st != expect:
+            return False
+        expect *= n
+    return True
+
+
+def same_layout(size, a, b) -> bool:
+    """Equal strides wherever the size is > 1 (a size-1 dim's stride is never used)."""
+    return all(x == y for n, x, y in zip(size, a, b) if n != 1)
+
+
+def _grad(w: Tensor, l: int, g, k: int, stacked: bool, w0: Tensor, op: str) -> None:
+    g = _tensor(g, op, f"grads[{k}]")
+    size, stride = (g.shape[1:], g.stride()[1:]) if stacked else (g.shape, g.stride())
+    after = " after its task dim" if stacked else ""
+    _require(size == w.shape, op, f"grads[{k}] must have the shape of weights[{l}] {list(w.shape)}{after}, "
+                                  f"got {list(g.shape)}")
+    _require(same_layout(size, stride, w.stride()), op,
+             f"grads[{k}] must have the strides of weights[{l}] {list(w.stride())}{after} (same element "
+             f"order), got {list(g.stride())}")
+    _require(g.dtype == w0.dtype and g.device == w0.device, op,
+             f"grads[{k}] ({g.dtype} on {g.device}) differs in dtype or device from "
+             f"weights[0] ({w0.dtype} on {w0.device})")
+
+
 def filter_stats(weights: Sequence[Tensor], grads: Sequence[Tensor], op: str = "filter_stats") -> int:
-    """Checks the arguments of ``filter_stats``; returns T."""
+    """Checks the arguments of ``filter_stats`` (either gradient form,
+    :func:`mtlkernels.reference.grads_form`); returns T."""
     num_layers = len(weights)
     _require(num_layers > 0, op, "weights is empty")
     _require(len(grads) > 0 and len(grads) % num_layers == 0, op,
-             f"grads must hold T tensors per weight (layer-major), got {len(grads)} grads for "
-             f"{num_layers} weights")
-    num_tasks = len(grads) // num_layers
-    _require(num_tasks <= MAX_TASKS, op, f"T must be in 1..{MAX_TASKS}, got {num_tasks}")
+             f"grads must hold one [T, ...] stack or T tensors per weight (layer-major), got "
+             f"{len(grads)} grads for {num_layers} weights")
     w0 = _tensor(weights[0], op, "weights[0]")
+    _tensor(grads[0], op, "grads[0]")
+    num_tasks, stacked = reference.grads_form(weights, grads)
+    _require(1 <= num_tasks <= MAX_TASKS, op, f"T must be in 1..{MAX_TASKS}, got {num_tasks}")
     _require(w0.dtype in KERNEL_DTYPES, op,
              f"dtype must be float32, float16 or bfloat16, got {w0.dtype}")
     for l, w in enumerate(weights):
         w = _tensor(w, op, f"weights[{l}]")
         _require(w.dim() >= 1 and w.numel() > 0, op, f"weights[{l}] is empty")
-        _require(w.is_contiguous(), op, f"weights[{l}] must be contiguous")
         _require(w.dtype == w0.dtype and w.device == w0.device, op,
                  f"weights[{l}] ({w.dtype} on {w.device}) differs in dtype or device from "
                  f"weights[0] ({w0.dtype} on {w0.device})")
-        for t in range(num_tasks):
-            k = l * num_tasks + t
-            g = _tensor(grads[k], op, f"grads[{k}]")
-            _require(g.shape == w.shape, op,
-                     f"grads[{k}] must have the shape of weights[{l}] {list(w.shape)}, got {list(g.shape)}")
-            _require(g.is_contiguous(), op, f"grads[{k}] must be contiguous")
-            _require(g.dtype == w0.dtype and g.device == w0.device, op,
-                     f"grads[{k}] ({g.dtype} on {g.device}) differs in dtype or device from "
-                     f"weights[0] ({w0.dtype} on {w0.device})")
+        _require(rows_dense(w), op, f"weights[{l}] must have dense rows (contiguous, channels_last, or "
+                                    f"any layout whose row f is the K elements at f * K), got sizes "
+                                    f"{list(w.shape)} and strides {list(w.stride())}")
+        if stacked:
+            g = _tensor(grads[l], op, f"grads[{l}]")
+            _require(g.dim() == w.dim() + 1 and g.shape[0] == num_tasks, op,
+                     f"grads[{l}] must be a [T={num_tasks}, ...] stack of weights[{l}]'s task "
+                     f"gradients, got {list(g.shape)}")
+            _grad(w, l, g, l, True, w0, op)
+        else:
+            for t in range(num_tasks):
+                _grad(w, l, grads[l * num_tasks + t], l * num_tasks + t, False, w0, op)
     return num_tasks
 
 

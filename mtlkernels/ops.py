@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _backend, reference
+from . import _backend, _rawcheck, reference
 
 __all__ = [
     "FilterStats",
@@ -261,53 +261,85 @@ def filter_stats_many(
         raise ValueError(f"grads must have one entry per weight: {len(weights)} weights, {len(grads)} grads")
     if names is not None and len(names) != len(weights):
         raise ValueError(f"names must have one entry per weight: {len(weights)} weights, {len(names)} names")
-    with torch.no_grad():  # views without autograd bookkeeping: unbind is 1.5x cheaper
-        fast = _layers_fast_path(weights, grads)
-    if fast is not None:
-        flat_w, flat_g, num_tasks = fast
-        offsets = list(itertools.accumulate((w.shape[0] for w in flat_w), initial=0))
-        device, dtype = flat_w[0].device, flat_w[0].dtype
+    out = _filter_stats_fast(weights, grads, backend)
+    if out is None:
+        out, offsets = _filter_stats_checked(weights, grads, backend)
     else:
-        flat_w, flat_g, offsets, num_tasks, device, dtype = _layers_checked(weights, grads)
-    chosen = _resolve(backend, device, dtype)
-    if chosen != "reference":
-        flat_w = [w.contiguous() for w in flat_w]
-        flat_g = [g.contiguous() for g in flat_g]
-    out = _run_filter_stats(chosen, flat_w, flat_g)
+        offsets = tuple(itertools.accumulate((w.shape[0] for w in weights), initial=0))
     return FilterStats(*out, offsets=tuple(offsets), names=None if names is None else tuple(names))
 
 
-def _layers_fast_path(weights, grads):
-    """The layers flattened (weights, layer-major task gradients, T) when every check passes, else
-    None: then :func:`_layers_checked` runs the checks one by one and raises the error that names
-    the argument. Same rules, checked in bulk without per-tensor message formatting (for a 155-layer
-    network the one-by-one checks cost more than the GPU kernel)."""
-    if not all(isinstance(w, Tensor) for w in weights):
+def _kernel_op(chosen: str):
+    if chosen == "triton":
+        from . import triton_ops
+
+        return triton_ops.filter_stats
+    return torch.ops.mtlkernels.filter_stats
+
+
+def _filter_stats_fast(weights, grads, backend: str):
+    """The op called once with the caller's tensors as they are, or None.
+
+    The op checks every tensor before its kernel runs (C++ ``check_filter_stats_args``, or
+    ``_rawcheck`` for Triton) and takes stacked ``[T, F, ...]`` gradients and any dense-row layout
+    (channels_last) natively, so Python does O(1) work for stacked gradients (one flattening for
+    lists of T tensors) instead of per-layer checks, unbinds and copies: for a 155-layer network
+    those cost more than the kernel (bench/host_overhead_bench.py). None when the call is not for a
+    kernel or the op refuses it: :func:`_filter_stats_checked` then runs the checks one by one and
+    raises the error naming the argument, or copies what the kernels cannot read in place."""
+    w0, g0 = weights[0], grads[0]
+    if not isinstance(w0, Tensor) or w0.dtype not in KERNEL_DTYPES:
         return None
-    flat_g: List[Tensor] = []
-    num_tasks = None
-    for w, g in zip(weights, grads):
-        if w.dim() == 0 or w.numel() == 0:
+    try:
+        chosen = _resolve(backend, w0.device, w0.dtype)
+    except (TypeError, ValueError, RuntimeError):  # reported after the input checks, as before
+        return None
+    if chosen == "reference":
+        return None
+    if isinstance(g0, Tensor):
+        if g0.dim() != w0.dim() + 1:  # a bare [F, ...] tensor is neither form of this API
             return None
-        if isinstance(g, Tensor):
-            if g.dim() != w.dim() + 1 or g.shape[1:] != w.shape:
+        flat = list(grads)
+    else:
+        try:
+            num_tasks = len(g0)
+            if any(len(gl) != num_tasks for gl in grads):
                 return None
-            gl = g.unbind(0)
-        elif isinstance(g, (list, tuple)) and all(isinstance(t, Tensor) and t.shape == w.shape for t in g):
-            gl = g
-        else:
+            flat = [g for gl in grads for g in gl]
+        except TypeError:
             return None
-        if num_tasks is None:
-            num_tasks = len(gl)
-        elif len(gl) != num_tasks:
+        # T=1 lists must hold weight-shaped tensors: a [1, F, ...] one would read as a stack
+        if not flat or not isinstance(flat[0], Tensor) or flat[0].dim() != w0.dim():
             return None
-        flat_g.extend(gl)
-    w0 = weights[0]
-    kinds = {(t.dtype, t.device) for t in weights}
-    kinds.update((t.dtype, t.device) for t in flat_g)
-    if len(kinds) != 1 or w0.dtype not in REFERENCE_DTYPES or not 1 <= num_tasks <= MAX_TASKS:
+    try:
+        with torch.no_grad():  # outputs never require grad, whatever the inputs do
+            return _kernel_op(chosen)(list(weights), flat)
+    except (RuntimeError, TypeError, ValueError):
         return None
-    return list(weights), flat_g, num_tasks
+
+
+def _filter_stats_checked(weights, grads, backend: str):
+    """Every check one by one (errors name the argument), then the op on tensors it can read: a
+    layer whose weight rows are not dense is copied to contiguous, a gradient whose strides differ
+    from its weight's is copied into the weight's layout."""
+    flat_w, flat_g, offsets, num_tasks, device, dtype = _layers_checked(weights, grads)
+    chosen = _resolve(backend, device, dtype)
+    if chosen != "reference":
+        flat_w, flat_g = _readable_layouts(flat_w, flat_g, num_tasks)
+    return _run_filter_stats(chosen, flat_w, flat_g), offsets
+
+
+def _readable_layouts(flat_w: List[Tensor], flat_g: List[Tensor], num_tasks: int):
+    out_w, out_g = [], []
+    for l, w in enumerate(flat_w):
+        if not _rawcheck.rows_dense(w):
+            w = w.contiguous()
+        for g in flat_g[l * num_tasks:(l + 1) * num_tasks]:
+            if not _rawcheck.same_layout(w.shape, g.stride(), w.stride()):
+                g = torch.empty_like(w).copy_(g)  # w is dense: empty_like keeps its strides
+            out_g.append(g)
+        out_w.append(w)
+    return out_w, out_g
 
 
 def _layers_checked(weights, grads):

@@ -9,8 +9,9 @@ The contract shared by every backend (see ``mtlkernels.ops`` for the validated p
 
 ``filter_stats(weights, grads)``
     ``weights``: list of L tensors, layer ``l`` shaped ``[F_l, ...]`` (``K_l`` = product of the
-    other dims). ``grads``: flat list of ``L * T`` tensors, layer-major (``grads[l * T + t]`` is
-    task ``t``'s gradient of ``weights[l]``, same shape). Returns five float32 tensors whose rows
+    other dims). ``grads``: either one stacked ``[T, F_l, ...]`` tensor per layer (``grads[l][t]``
+    is task ``t``'s gradient of ``weights[l]``), or a flat list of ``L * T`` tensors, layer-major
+    (``grads[l * T + t]``, shaped like ``weights[l]``); :func:`grads_form` tells them apart. Returns five float32 tensors whose rows
     run over every filter of every layer (``F = sum F_l``):
     ``dot [F, T]``, ``gram [F, T, T]``, ``wsq [F]``, ``wabs [F]``, ``wg2 [F, T, T]``.
 
@@ -27,12 +28,12 @@ The contract shared by every backend (see ``mtlkernels.ops`` for the validated p
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["filter_stats", "channel_contrib", "gather", "acc_dtype"]
+__all__ = ["filter_stats", "channel_contrib", "gather", "acc_dtype", "grads_form"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -54,14 +55,27 @@ def _filter_stats_layer(w: Tensor, gs: Sequence[Tensor]):
     return dot, gram, wsq, wabs, wg2
 
 
+def grads_form(weights: Sequence[Tensor], grads: Sequence[Tensor]) -> Tuple[int, bool]:
+    """``(T, stacked)`` of a ``filter_stats`` call: stacked when there is one tensor per layer with a
+    task dim in front of the weight's dims (an unstacked call with T=1 has grads shaped like the
+    weights, so the forms never look alike), else ``T = len(grads) // L``. The C++ ops decide the
+    same way (``csrc/common/tables.cpp``)."""
+    if len(grads) == len(weights) and grads[0].dim() == weights[0].dim() + 1:
+        return int(grads[0].shape[0]), True
+    return len(grads) // max(len(weights), 1), False
+
+
+def layer_grads(weights: Sequence[Tensor], grads: Sequence[Tensor]) -> List[Sequence[Tensor]]:
+    """The T task gradients of each layer, in either form (a stack is a sequence of its tasks)."""
+    num_tasks, stacked = grads_form(weights, grads)
+    if stacked:
+        return list(grads)
+    return [grads[l * num_tasks:(l + 1) * num_tasks] for l in range(len(weights))]
+
+
 def filter_stats(weights: Sequence[Tensor], grads: Sequence[Tensor]):
     """Per-filter multi-task statistics of many layers; see the module docstring."""
-    num_layers = len(weights)
-    num_tasks = len(grads) // num_layers
-    parts = [
-        _filter_stats_layer(w, grads[l * num_tasks:(l + 1) * num_tasks])
-        for l, w in enumerate(weights)
-    ]
+    parts = [_filter_stats_layer(w, gs) for w, gs in zip(weights, layer_grads(weights, grads))]
     return tuple(torch.cat([p[i] for p in parts]) for i in range(5))
 
 

@@ -1,9 +1,10 @@
 """Triton kernels of the mtlkernels ops (the ``"triton"`` backend).
 
 Same contract as :mod:`mtlkernels.reference` (see there); :mod:`mtlkernels.ops` validates and makes
-the inputs contiguous (``channel_contrib`` takes strided ``[N, C, S]`` views). The raw ops
-(``torch.ops.mtlkernels.*_triton``) check shapes, dtypes, devices and contiguity again before any
-launch (:mod:`mtlkernels._rawcheck`, like the C++ ops), and the gather kernel checks its index
+the inputs the kernels cannot read in place contiguous (``filter_stats`` reads any layout with dense
+rows, e.g. channels_last, and stacked ``[T, F, ...]`` gradients; ``channel_contrib`` takes strided
+``[N, C, S]`` views). The raw ops (``torch.ops.mtlkernels.*_triton``) check shapes, dtypes, devices
+and layouts again before any launch (:mod:`mtlkernels._rawcheck`, like the C++ ops), and the gather kernel checks its index
 values (an out-of-range index is never loaded from; it sets an error word that is read back, and the
 op raises). Every launch, and the copy of its table, runs under ``torch.cuda.device`` of the
 tensors: Triton launches on the current device and its current stream, and the table copy goes to
@@ -273,18 +274,29 @@ def _empty_stats(f: int, t: int, device) -> Tuple[Tensor, ...]:
             torch.empty(f, **kw), torch.empty(f, t, t, **kw))
 
 
+def _task_grad_addrs(weights: List[Tensor], grads: List[Tensor], num_tasks: int) -> List[int]:
+    """Address of every (layer, task) gradient, layer-major, in either gradient form: task t of a
+    stack is at its base + t * stride(0) elements (no unbind, no copy)."""
+    if not reference.grads_form(weights, grads)[1]:
+        return [g.data_ptr() for g in grads]
+    addrs: List[int] = []
+    for g in grads:
+        step = g.stride(0) * g.element_size()
+        addrs += [g.data_ptr() + t * step for t in range(num_tasks)]
+    return addrs
+
+
 def _filter_stats_impl(weights: List[Tensor], grads: List[Tensor]) -> List[Tensor]:
     device = weights[0].device
     if _use_reference(device):
         return list(reference.filter_stats(weights, grads))
     num_layers = len(weights)
-    num_tasks = len(grads) // num_layers
+    num_tasks, _ = reference.grads_form(weights, grads)
     sizes = [int(w.shape[0]) for w in weights]
     num_rows = sum(sizes)
     outs = _empty_stats(num_rows, num_tasks, device)
     # host table: [layer rows (w address, K, first row) | grad addresses | row -> layer]
     layer_rows: List[int] = []
-    grad_addrs: List[int] = []
     row0 = 0
     max_k = 1
     for l, w in enumerate(weights):
@@ -292,7 +304,7 @@ def _filter_stats_impl(weights: List[Tensor], grads: List[Tensor]) -> List[Tenso
         max_k = max(max_k, k)
         layer_rows += [w.data_ptr(), k, row0]
         row0 += sizes[l]
-        grad_addrs += [g.data_ptr() for g in grads[l * num_tasks:(l + 1) * num_tasks]]
+    grad_addrs = _task_grad_addrs(weights, grads, num_tasks)
     row_layer = torch.repeat_interleave(torch.arange(num_layers, dtype=torch.int64),
                                         torch.tensor(sizes, dtype=torch.int64))
     host = torch.cat([torch.tensor(layer_rows + grad_addrs, dtype=torch.int64), row_layer])

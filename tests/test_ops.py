@@ -80,6 +80,73 @@ def test_filter_stats_single_layer_matches_many(device, backend):
         torch.testing.assert_close(a, b)
 
 
+def dense_row_layers(device, dtype, T, gen):
+    """(weights, stacked grads, per-task grads) in layouts the ops read without a copy: rows dense
+    (row f = the K elements at f * K) in varied element orders, each G_t with its weight's strides."""
+    def r(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    ws, gs = [], []
+    # channels_last conv, its stacked gradient channels_last per task
+    ws.append(r(5, 3, 3, 3).to(memory_format=torch.channels_last))
+    gs.append(r(T, 5, 3, 3, 3).permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3))
+    # inner dims transposed (dense rows, neither contiguous nor channels_last); tasks interleaved
+    # with a task stride of two stacks (base + t * stride(0), stride(0) != F * K)
+    ws.append(r(7, 4, 3).transpose(1, 2))
+    gs.append(r(2 * T, 7, 4, 3).transpose(2, 3)[::2])
+    # one filter whose dim-0 stride is meaningless; a 1x1 conv (K = C) channels_last
+    ws.append(r(9, 1).t())
+    gs.append(r(T, 9, 1).transpose(1, 2))
+    ws.append(r(6, 13, 1, 1).to(memory_format=torch.channels_last))
+    gs.append(r(T, 6, 13, 1, 1))
+    assert not ws[0].is_contiguous() and not ws[1].is_contiguous() and not gs[1].is_contiguous()
+    flat = [g for stack in gs for g in stack.unbind(0)]
+    return ws, gs, flat
+
+
+@pytest.mark.parametrize("device,backend", [(d, b) for d, b in BACKENDS if b != "triton"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 3, 9])
+def test_raw_filter_stats_stacked_and_dense_row_layouts(device, backend, dtype, T, poison):
+    """The op reads stacked [T, F, ...] gradients and dense-row layouts (channels_last, ...) in
+    place, in both gradient forms, and the public call hands them over without copies."""
+    gen = torch.Generator().manual_seed(77 + T)
+    ws, stacked, flat = dense_row_layers(device, dtype, T, gen)
+    ref = ops.filter_stats_many([w.double() for w in ws], [g.double() for g in stacked], backend="reference")
+    for grads in (stacked, flat):
+        out = torch.ops.mtlkernels.filter_stats(ws, grads)
+        for name, a, b in zip(ops.STAT_FIELDS, out, ref.tensors()):
+            check_close(a, b, name=f"{name} T={T} {dtype} stacked={grads is stacked}")
+    assert ops._filter_stats_fast(ws, stacked, backend) is not None  # no copy, no checked path
+    assert ops._filter_stats_fast(ws, [list(g.unbind(0)) for g in stacked], backend) is not None
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_filter_stats_copies_only_unreadable_layouts(device, backend):
+    """A gradient whose strides differ from its weight's, or a weight without dense rows, is
+    refused by the op and copied by the public call, which still agrees with the reference."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(4, 3, 5, 5, generator=gen).to(device).to(memory_format=torch.channels_last)
+    g = torch.randn(2, 4, 3, 5, 5, generator=gen).to(device)          # contiguous tasks
+    w_strided = torch.randn(4, 6, 5, generator=gen).to(device)[:, ::2]  # rows not dense
+    g_strided = torch.randn(2, 4, 3, 5, generator=gen).to(device)
+    g_cl = g.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # channels_last per task
+    raw = torch.ops.mtlkernels.filter_stats if backend != "triton" else torch.ops.mtlkernels.filter_stats_triton
+    with pytest.raises(RuntimeError, match=r"grads\[0\] must have the strides of weights\[0\]"):
+        raw([w], [g])
+    with pytest.raises(RuntimeError, match=r"grads\[1\] must have the strides of weights\[0\]"):
+        raw([w], [g[0].contiguous(memory_format=torch.channels_last), g[1]])
+    with pytest.raises(RuntimeError, match=r"weights\[1\] must have dense rows"):
+        raw([w, w_strided], [g_cl, g_strided])
+    with pytest.raises(RuntimeError, match=r"grads\[1\] must be a \[T=2, \.\.\.\] stack"):
+        raw([w, w_strided.contiguous()], [g_cl, g_strided[:1]])
+    out = ops.filter_stats_many([w, w_strided], [g, g_strided], backend=backend)
+    ref = ops.filter_stats_many([w.double(), w_strided.double()], [g.double(), g_strided.double()],
+                                backend="reference")
+    for name, a, b in zip(ops.STAT_FIELDS, out.tensors(), ref.tensors()):
+        check_close(a, b, name=name)
+
+
 @pytest.mark.parametrize("device,backend", BACKENDS)
 def test_filter_stats_propagates_nan(device, backend):
     w = torch.randn(4, 5, device=device)
@@ -216,6 +283,8 @@ def _stats_args(device):
 def test_opcheck(device):
     ws, gs = _stats_args(device)
     torch.library.opcheck(torch.ops.mtlkernels.filter_stats.default, (ws, gs))
+    ws, stacked, _ = dense_row_layers(device, torch.float32, 3, torch.Generator().manual_seed(4))
+    torch.library.opcheck(torch.ops.mtlkernels.filter_stats.default, (ws, stacked))
     a = torch.randn(2, 3, 4, device=device)
     torch.library.opcheck(torch.ops.mtlkernels.channel_contrib.default, (a, torch.randn_like(a)))
     x = torch.randn(5, 4, 3, device=device)

@@ -71,6 +71,9 @@ EXPLICIT = [  # (op, args, the argument the error must name)
     ("filter_stats", lambda: ([torch.randn(6, 5)], [torch.randn(4, 5)]), r"grads\[0\]"),
     ("filter_stats", lambda: ([torch.randn(6, 5)], [torch.randn(6, 5).half()]), r"grads\[0\]"),
     ("filter_stats", lambda: ([torch.randn(5, 6).t()], [torch.randn(6, 5)]), r"weights\[0\]"),
+    ("filter_stats", lambda: ([torch.randn(6, 5)], [torch.randn(5, 6).t()]), r"grads\[0\]"),
+    ("filter_stats", lambda: ([torch.randn(6, 5), torch.randn(2, 3)], [torch.randn(2, 6, 5), torch.randn(3, 2, 3)]),
+     r"grads\[1\]"),
     ("channel_contrib", lambda: (torch.randn(2, 3, 4), torch.randn(2, 3, 5)), "grad"),
 ]
 
@@ -121,8 +124,10 @@ def _filter_stats_case(data, gen):
     t = data.draw(st.integers(1, 4))
     ws = [_rand(gen, s, dtype) for s in shapes]
     gs = [_rand(gen, s, dtype) for s in shapes for _ in range(t)]
+    if data.draw(st.booleans()):  # the stacked form: one [T, F, ...] tensor per layer
+        gs = [torch.stack(gs[l * t:(l + 1) * t]) for l in range(len(ws))]
     fault = _fault(data, ["grad_shape", "grad_dtype", "noncontig", "count",
-                          "meta", "empty", "float64", "too_many_tasks"])
+                          "meta", "empty", "float64", "too_many_tasks", "grad_strides"])
     k = data.draw(st.integers(0, len(gs) - 1))
     if fault == "grad_shape":
         gs[k] = gs[k][:-1] if gs[k].shape[0] > 1 else gs[k][:, :-1]
@@ -141,6 +146,8 @@ def _filter_stats_case(data, gen):
         gs = [g.double() for g in gs]
     elif fault == "too_many_tasks":
         gs = [g for g in gs for _ in range(17)]
+    elif fault == "grad_strides":  # same values, another element order than its weight
+        gs[k] = gs[k].transpose(-1, -2).contiguous().transpose(-1, -2)
     return (ws, gs), fault == "none", (lambda: reference.filter_stats(
         [w.double() for w in ws], [g.double() for g in gs]))
 

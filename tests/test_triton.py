@@ -133,6 +133,31 @@ def test_filter_stats_noncontiguous_and_list_grads():
     _check_stats([w_t, w_s, w_c], [grads_t, grads_s, grads_c], torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_filter_stats_stacked_channels_last_in_place(dtype):
+    """The raw Triton op reads stacked [T, F, ...] gradients (task t at base + t * stride(0), here
+    interleaved) and channels_last / permuted dense rows in place; the public call passes them on
+    without copies (its fast path), and both agree with the reference."""
+    g = torch.Generator().manual_seed(21)
+    t = 3
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(dtype).to(DEVICE)
+
+    ws = [r(5, 3, 3, 3).to(memory_format=torch.channels_last), r(7, 4, 3).transpose(1, 2)]
+    gs = [r(t, 5, 3, 3, 3).permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3),
+          r(2 * t, 7, 4, 3).transpose(2, 3)[::2]]
+    ref = reference.filter_stats([w.double() for w in ws], [x.double() for x in gs])
+    for grads in (gs, [x for stack in gs for x in stack.unbind(0)]):
+        with poisoned():
+            got = torch.ops.mtlkernels.filter_stats_triton(ws, grads)
+        for name, a, b in zip(("dot", "gram", "wsq", "wabs", "wg2"), got, ref):
+            _close(a, b, dtype, name)
+    assert ops._filter_stats_fast(ws, gs, "triton") is not None
+    with pytest.raises(RuntimeError, match=r"grads\[0\] must have the strides of weights\[0\]"):
+        torch.ops.mtlkernels.filter_stats_triton(ws[:1], [gs[0].contiguous()])
+
+
 def test_filter_stats_single_layer_api():
     g = torch.Generator().manual_seed(11)
     w = torch.randn(6, 2, 3, generator=g).to(DEVICE)

@@ -1,5 +1,10 @@
 #include "tables.h"
 
+#include <c10/util/SmallVector.h>
+
+#include <algorithm>
+#include <utility>
+
 namespace mtlkernels {
 
 namespace {
@@ -19,39 +24,97 @@ void check_cpu_index_values(const at::Tensor& t, int64_t size, int64_t i, int s,
 }
 }  // namespace
 
-int check_filter_stats_args(const std::vector<at::Tensor>& weights,
-                            const std::vector<at::Tensor>& grads) {
+namespace {
+// Row f of a tensor with dense rows is the K elements at data + f * K, in an order its strides fix:
+// dims 1.. tile K densely in any permutation (contiguous, channels_last, ...) and dim 0 steps by K.
+// The statistics are sums within a row, so any order works as long as W and every G_t share it
+// (same_layout): then the kernels read rows at f * K without a .contiguous() copy.
+bool rows_dense(at::IntArrayRef size, at::IntArrayRef stride) {
+  int64_t K = 1;
+  c10::SmallVector<std::pair<int64_t, int64_t>, 8> dims;  // (stride, size) of dims 1.. of size > 1
+  for (size_t d = 1; d < size.size(); ++d) {
+    K *= size[d];
+    if (size[d] != 1) dims.emplace_back(stride[d], size[d]);
+  }
+  if (size[0] > 1 && stride[0] != K) return false;
+  std::sort(dims.begin(), dims.end());
+  int64_t expect = 1;
+  for (const auto& [st, sz] : dims) {
+    if (st != expect) return false;
+    expect *= sz;
+  }
+  return true;
+}
+
+// Same element order: equal strides wherever the size is > 1 (a size-1 dim's stride is never used).
+bool same_layout(at::IntArrayRef size, at::IntArrayRef a, at::IntArrayRef b) {
+  for (size_t d = 0; d < size.size(); ++d)
+    if (size[d] != 1 && a[d] != b[d]) return false;
+  return true;
+}
+
+// Task gradient k of weights[l]: g itself (per-task form) or g[t] of a stacked g (sizes and
+// strides after its task dim).
+void check_grad(const at::Tensor& w, int64_t l, const at::Tensor& g, int64_t k, bool stacked,
+                const at::Tensor& w0) {
+  const at::IntArrayRef size = stacked ? g.sizes().slice(1) : g.sizes();
+  const at::IntArrayRef stride = stacked ? g.strides().slice(1) : g.strides();
+  TORCH_CHECK(size == w.sizes(), "filter_stats: grads[", k, "] must have the shape of weights[", l,
+              "] ", w.sizes(), stacked ? " after its task dim" : "", ", got ", g.sizes());
+  TORCH_CHECK(same_layout(size, stride, w.strides()), "filter_stats: grads[", k,
+              "] must have the strides of weights[", l, "] ", w.strides(),
+              stacked ? " after its task dim" : "", " (same element order), got ", g.strides());
+  TORCH_CHECK(g.scalar_type() == w0.scalar_type() && g.device() == w0.device(),
+              "filter_stats: grads[", k, "] differs in dtype or device from weights[0]");
+}
+
+void check_layer(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads,
+                 int64_t l, FilterStatsForm form) {
+  const auto& w0 = weights[0];
+  const auto& w = weights[l];
+  const int T = form.num_tasks;
+  TORCH_CHECK(w.dim() >= 1 && w.numel() > 0, "filter_stats: weights[", l, "] is empty");
+  TORCH_CHECK(w.scalar_type() == w0.scalar_type() && w.device() == w0.device(),
+              "filter_stats: weights[", l, "] differs in dtype or device from weights[0]");
+  TORCH_CHECK(rows_dense(w.sizes(), w.strides()), "filter_stats: weights[", l,
+              "] must have dense rows (contiguous, channels_last, or any layout whose row f is the K "
+              "elements at f * K), got sizes ", w.sizes(), " and strides ", w.strides());
+  if (form.stacked) {
+    const auto& g = grads[l];
+    TORCH_CHECK(g.dim() == w.dim() + 1 && g.size(0) == T, "filter_stats: grads[", l,
+                "] must be a [T=", T, ", ...] stack of weights[", l, "]'s task gradients, got ",
+                g.sizes());
+    check_grad(w, l, g, l, true, w0);
+  } else {
+    for (int t = 0; t < T; ++t) check_grad(w, l, grads[l * T + t], l * T + t, false, w0);
+  }
+}
+}  // namespace
+
+FilterStatsForm check_filter_stats_args(const std::vector<at::Tensor>& weights,
+                                        const std::vector<at::Tensor>& grads) {
   const int64_t L = static_cast<int64_t>(weights.size());
   TORCH_CHECK(L > 0, "filter_stats: weights is empty");
-  TORCH_CHECK(grads.size() % L == 0 && !grads.empty(),
-              "filter_stats: grads must hold T tensors per weight (layer-major), got ",
-              grads.size(), " grads for ", L, " weights");
-  const int T = static_cast<int>(grads.size() / L);
+  const int64_t n = static_cast<int64_t>(grads.size());
+  TORCH_CHECK(n > 0 && n % L == 0, "filter_stats: grads must hold one [T, ...] stack or T tensors "
+              "per weight (layer-major), got ", n, " grads for ", L, " weights");
+  // Stacked when each layer has one tensor with a task dim in front; an unstacked call with T=1
+  // has grads shaped like the weights, so the two forms never look alike.
+  const bool stacked = n == L && grads[0].dim() == weights[0].dim() + 1;
+  const int64_t T = stacked ? grads[0].size(0) : n / L;
   TORCH_CHECK(T >= 1 && T <= kMaxTasks, "filter_stats: T must be in 1..", kMaxTasks, ", got ", T);
-  const auto& w0 = weights[0];
-  TORCH_CHECK(kernel_dtype(w0.scalar_type()),
-              "filter_stats: dtype must be float32, float16 or bfloat16, got ", w0.scalar_type());
-  for (int64_t l = 0; l < L; ++l) {
-    const auto& w = weights[l];
-    TORCH_CHECK(w.dim() >= 1 && w.numel() > 0, "filter_stats: weights[", l, "] is empty");
-    TORCH_CHECK(w.is_contiguous(), "filter_stats: weights[", l, "] must be contiguous");
-    TORCH_CHECK(w.scalar_type() == w0.scalar_type() && w.device() == w0.device(),
-                "filter_stats: weights[", l, "] differs in dtype or device from weights[0]");
-    for (int t = 0; t < T; ++t) {
-      const auto& g = grads[l * T + t];
-      TORCH_CHECK(g.sizes() == w.sizes(), "filter_stats: grads[", l * T + t,
-                  "] must have the shape of weights[", l, "] ", w.sizes(), ", got ", g.sizes());
-      TORCH_CHECK(g.is_contiguous(), "filter_stats: grads[", l * T + t, "] must be contiguous");
-      TORCH_CHECK(g.scalar_type() == w0.scalar_type() && g.device() == w0.device(),
-                  "filter_stats: grads[", l * T + t, "] differs in dtype or device from weights[0]");
-    }
-  }
-  return T;
+  const FilterStatsForm form{static_cast<int>(T), stacked};
+  TORCH_CHECK(kernel_dtype(weights[0].scalar_type()),
+              "filter_stats: dtype must be float32, float16 or bfloat16, got ",
+              weights[0].scalar_type());
+  for (int64_t l = 0; l < L; ++l) check_layer(weights, grads, l, form);
+  return form;
 }
 
 at::Tensor build_filter_stats_table(const std::vector<at::Tensor>& weights,
-                                    const std::vector<at::Tensor>& grads, int T) {
+                                    const std::vector<at::Tensor>& grads, FilterStatsForm form) {
   const int64_t L = static_cast<int64_t>(weights.size());
+  const int T = form.num_tasks;
   at::Tensor table = at::empty({filter_stats_table_size(L, T)}, at::kLong);
   int64_t* d = table.data_ptr<int64_t>();
   d[0] = 0;
@@ -60,7 +123,13 @@ at::Tensor build_filter_stats_table(const std::vector<at::Tensor>& weights,
     d[l + 1] = d[l] + w.size(0);
     d[L + 1 + l] = w.numel() / w.size(0);
     d[2 * L + 1 + l] = addr(w);
-    for (int t = 0; t < T; ++t) d[3 * L + 1 + l * T + t] = addr(grads[l * T + t]);
+    int64_t* g = d + 3 * L + 1 + l * T;
+    if (form.stacked) {  // task t of a stack: base + t * stride(0) elements
+      const int64_t step = grads[l].stride(0) * grads[l].element_size();
+      for (int t = 0; t < T; ++t) g[t] = addr(grads[l]) + t * step;
+    } else {
+      for (int t = 0; t < T; ++t) g[t] = addr(grads[l * T + t]);
+    }
   }
   return table;
 }

@@ -12,13 +12,20 @@
 
 namespace mtlkernels {
 
-// Checks weights/grads, returns the number of tasks.
-int check_filter_stats_args(const std::vector<at::Tensor>& weights,
-                            const std::vector<at::Tensor>& grads);
+// How a filter_stats call passes its gradients (csrc/mtlkernels.cpp): `stacked` = one [T, F_l, ...]
+// tensor per layer (task t at base + t * stride(0)), else T tensors per layer, layer-major.
+struct FilterStatsForm {
+  int num_tasks;
+  bool stacked;
+};
+
+// Checks weights/grads (every tensor, before any kernel runs), returns the form.
+FilterStatsForm check_filter_stats_args(const std::vector<at::Tensor>& weights,
+                                        const std::vector<at::Tensor>& grads);
 
 // int64 CPU tensor holding the FilterStatsTable of common.h.
 at::Tensor build_filter_stats_table(const std::vector<at::Tensor>& weights,
-                                    const std::vector<at::Tensor>& grads, int num_tasks);
+                                    const std::vector<at::Tensor>& grads, FilterStatsForm form);
 
 // Allocates dot, gram, wsq, wabs, wg2 (float32, on the weights' device).
 std::vector<at::Tensor> alloc_filter_stats(int64_t num_rows, int num_tasks,

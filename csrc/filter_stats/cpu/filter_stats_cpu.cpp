@@ -250,9 +250,10 @@ void filter_stats_cpu_impl(const FilterStatsTable& tab, const FilterStatsOut& ou
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> filter_stats_cpu(
     const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads) {
-  const int T = check_filter_stats_args(weights, grads);
+  const FilterStatsForm form = check_filter_stats_args(weights, grads);
+  const int T = form.num_tasks;
   TORCH_CHECK(weights[0].device().is_cpu(), "filter_stats (CPU): tensors must be on the CPU");
-  at::Tensor table = build_filter_stats_table(weights, grads, T);
+  at::Tensor table = build_filter_stats_table(weights, grads, form);
   const FilterStatsTable tab{table.data_ptr<int64_t>(), static_cast<int64_t>(weights.size()), T};
   auto outs = alloc_filter_stats(tab.num_rows(), T, weights[0].options());
   const FilterStatsOut out = filter_stats_out(outs);

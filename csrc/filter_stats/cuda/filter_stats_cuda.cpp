@@ -9,11 +9,12 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> filter_stats_cuda(
     const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads) {
-  const int T = check_filter_stats_args(weights, grads);
+  const FilterStatsForm form = check_filter_stats_args(weights, grads);
+  const int T = form.num_tasks;
   const auto& w0 = weights[0];
   TORCH_CHECK(w0.is_cuda(), "filter_stats (CUDA): tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(w0.device());
-  at::Tensor host = build_filter_stats_table(weights, grads, T);
+  at::Tensor host = build_filter_stats_table(weights, grads, form);
   const int64_t rows = host.data_ptr<int64_t>()[weights.size()];
   at::Tensor table = table_to_device(host, w0.device());
   auto outs = alloc_filter_stats(rows, T, w0.options());
