@@ -86,3 +86,57 @@ def test_pruner_compacts_our_models(name):
     opt.zero_grad()
     pr.accumulate(task_losses(m(x), batch))
     opt.step()
+
+
+def test_authors_vgg16_layout():
+    """The authors' MTLNet: 13 convs with biases, no BN, 5 stride-2 pools, per task 4 summed branches of
+    3x3 (rate r) -> 1x1 -> 1x1, with dropout; output upsampled to the input."""
+    from mtlkernels.study.models import DeepLabHead, authors_vgg16
+
+    m = authors_vgg16(tasks=TASKS)
+    convs = [c for c in m.backbone if isinstance(c, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    assert all(c.bias is not None and c.dilation == (1, 1) for c in convs)
+    assert not any(isinstance(c, torch.nn.BatchNorm2d) for c in m.modules())
+    pools = [c for c in m.backbone if isinstance(c, torch.nn.MaxPool2d)]
+    assert len(pools) == 5 and all(p.stride == 2 for p in pools)
+    h = m.heads["seg"]
+    assert isinstance(h, DeepLabHead) and len(h.branches) == 4
+    for r, b in zip((1, 2, 4, 6), h.branches):
+        c3, c1, co = [c for c in b if isinstance(c, torch.nn.Conv2d)]
+        assert (c3.kernel_size, c3.dilation, c3.out_channels) == ((3, 3), (r, r), 1024)
+        assert (c1.kernel_size, c1.out_channels, co.kernel_size, co.out_channels) == ((1, 1), 1024, (1, 1), 7)
+        assert sum(isinstance(c, torch.nn.Dropout) for c in b) == 2
+    assert m.head_output_layers()[:4] == [f"heads.seg.branches.{i}.6" for i in range(4)]
+    # Kaiming (fan-out) backbone, zero biases
+    assert all(float(c.bias.detach().abs().max()) == 0 for c in convs)
+    w = convs[5].weight
+    assert abs(float(w.std()) - (2 / (w.shape[0] * 9)) ** 0.5) < 0.1 * (2 / (w.shape[0] * 9)) ** 0.5
+
+
+def test_authors_vgg16_narrow_traces_and_prunes():
+    from mtlkernels.pruning import MultiTaskPruner
+    from mtlkernels.study.metrics import task_losses
+    from mtlkernels.study.models import authors_vgg16
+
+    torch.manual_seed(0)
+    m = authors_vgg16(tasks=TASKS, width=0.125)
+    assert m.heads["seg"].branches[0][0].out_channels == 128
+    x = torch.randn(2, 3, 64, 64)
+    m.eval()
+    out = m(x)
+    _check_outputs(out, 2, 64)
+    torch.testing.assert_close(torch.fx.symbolic_trace(m)(x)["seg"], out["seg"])
+    m.train()
+    m2 = type(m)(**m.config)
+    assert [p.shape for p in m2.parameters()] == [p.shape for p in m.parameters()]
+    heads = [n for n, mod in m.named_modules() if n.startswith("heads.") and isinstance(mod, torch.nn.Conv2d)]
+    pr = MultiTaskPruner(m, list(TASKS), "taylor", example_inputs=x[:1], exclude=heads, min_channels=2,
+                         warn_unsupported=False)
+    batch = {"seg": torch.randint(0, 7, (2, 64, 64)), "depth": torch.rand(2, 1, 64, 64) + 1,
+             "normal": torch.nn.functional.normalize(torch.randn(2, 3, 64, 64), dim=1)}
+    pr.accumulate(task_losses(m(x), batch))
+    before = pr.num_channels()
+    pr.prune(20)
+    assert pr.num_channels() == before - 20
+    _check_outputs(m(x), 2, 64)

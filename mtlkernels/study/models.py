@@ -1,9 +1,11 @@
 """Multi-task dense-prediction networks: a shared backbone and one ASPP-style head per task.
 
 * :class:`VGG16MTL` -- the network of Garg, Zhang, Guan (2023): the 13 3x3 convolutions of VGG16
-  (64-64-M-128-128-M-256x3-M-512x3-M-512x3, optional BatchNorm, a width multiplier for small runs)
-  shared by all tasks, DeepLab-style (the last pooling stages can be replaced by dilation so the
-  output stride stays 8), and per task an :class:`ASPPHead`.
+  (64-64-M-128-128-M-256x3-M-512x3-M-512x3-M, optional BatchNorm, a width multiplier for small runs)
+  shared by all tasks, and per task a head. :func:`authors_vgg16` is the authors' exact network
+  (``MTLNet`` of their code: convs with biases, no BatchNorm, all 5 max-pools, output stride 32, and
+  per task a :class:`DeepLabHead` with rates 1/2/4/6); with fewer stride-2 pools the later stages
+  are dilated instead (DeepLab-LargeFOV: 3 pools, output stride 8).
 * :class:`ResNetMTL` -- a ResNet-18/34 DeepLab-style backbone (stride-2 stem, dilated last stages,
   output stride 8) with the same heads.
 
@@ -25,7 +27,9 @@ from torch import nn
 __all__ = [
     "DEFAULT_TASKS",
     "ASPPHead",
+    "DeepLabHead",
     "VGG16MTL",
+    "authors_vgg16",
     "ResNetMTL",
     "BasicBlock",
     "build_model",
@@ -36,7 +40,7 @@ __all__ = [
 #: task name -> output channels of the paper's three tasks (NYUv2: 13 classes).
 DEFAULT_TASKS: Dict[str, int] = {"seg": 13, "depth": 1, "normal": 3}
 
-VGG16_LAYOUT: List = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+VGG16_LAYOUT: List = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 def _ch(c: int, width: float) -> int:
@@ -79,15 +83,43 @@ class ASPPHead(nn.Module):
         return self.out(y)
 
 
+class DeepLabHead(nn.Module):
+    """The authors' head (DeepLab-v2 ASPP, their ``SmallASPPHeadNode``): one branch per rate, each a
+    dilated 3x3 conv -> ReLU -> dropout -> 1x1 conv -> ReLU -> dropout -> 1x1 conv to the task's
+    channels; the branches' outputs are summed. (They use 1024 mid channels and dropout 0.5.)"""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 1024,
+                 rates: Sequence[int] = (1, 2, 4, 6), dropout: float = 0.5):
+        super().__init__()
+        self.branches = nn.ModuleList()
+        for r in rates:
+            self.branches.append(nn.Sequential(
+                nn.Conv2d(in_channels, mid_channels, 3, padding=r, dilation=r), nn.ReLU(inplace=True),
+                nn.Dropout(dropout), nn.Conv2d(mid_channels, mid_channels, 1), nn.ReLU(inplace=True),
+                nn.Dropout(dropout), nn.Conv2d(mid_channels, out_channels, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.branches[0](x)
+        for b in self.branches[1:]:
+            y = y + b(x)
+        return y
+
+
 class _MultiTaskBase(nn.Module):
     tasks: Dict[str, int]
     heads: nn.ModuleDict
 
     def _make_heads(self, in_channels: int, tasks: Mapping[str, int], head_channels: int,
-                    rates: Sequence[int], merge: str, bn: bool) -> None:
-        self.heads = nn.ModuleDict({
-            t: ASPPHead(in_channels, c, head_channels, rates, merge, bn) for t, c in tasks.items()
-        })
+                    rates: Sequence[int], merge: str, bn: bool, head: str = "aspp", dropout: float = 0.5) -> None:
+        if head == "deeplab":
+            self.heads = nn.ModuleDict({t: DeepLabHead(in_channels, c, head_channels, rates, dropout)
+                                        for t, c in tasks.items()})
+        elif head == "aspp":
+            self.heads = nn.ModuleDict({
+                t: ASPPHead(in_channels, c, head_channels, rates, merge, bn) for t, c in tasks.items()
+            })
+        else:
+            raise ValueError(f"head must be 'aspp' or 'deeplab', got {head!r}")
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         size = (x.shape[-2], x.shape[-1])
@@ -107,6 +139,9 @@ class _MultiTaskBase(nn.Module):
 
     def head_output_layers(self) -> List[str]:
         """Names of the heads' final 1x1 convs: they must keep their task's channels (never prune)."""
+        if isinstance(next(iter(self.heads.values())), DeepLabHead):
+            return [f"heads.{t}.branches.{i}.{len(b) - 1}" for t in self.tasks
+                    for i, b in enumerate(self.heads[t].branches)]
         return [f"heads.{t}.out" for t in self.tasks]
 
 
@@ -117,25 +152,31 @@ class VGG16MTL(_MultiTaskBase):
         tasks: task -> output channels (default: seg 13, depth 1, normal 3).
         width: channel multiplier (1.0 = VGG16's 64..512; 0.125 -> 8..64 for CPU runs).
         bn: BatchNorm after every conv.
-        pools: how many of the 4 inter-block max-pools keep stride 2 (DeepLab-LargeFOV uses 3 and
-            dilates conv5 by 2: output stride 8). The 5th pool of the classifier VGG is omitted.
-        head_channels: mid channels of the ASPP branches (DeepLab uses 1024 with dropout; default
-            scales with ``width``: 128 * width, at least 16).
-        rates: dilation rates of the ASPP branches.
-        merge: ``"sum"`` or ``"concat"``.
+        pools: how many of the 5 max-pools keep stride 2 (the authors: 5, output stride 32;
+            DeepLab-LargeFOV: 3, conv5 dilated by 2, output stride 8); the stages after the last
+            stride-2 pool are dilated instead. The 5th pool, after conv5_3, exists only with ``pools=5``.
+        head_channels: mid channels of the head branches (the authors: 1024; default scales with
+            ``width``: 128 * width for ``aspp``, 1024 * width for ``deeplab``, at least 16).
+        rates: dilation rates of the head branches.
+        merge: ``"sum"`` or ``"concat"`` (``aspp`` head).
+        head: ``"aspp"`` (:class:`ASPPHead`) or ``"deeplab"`` (:class:`DeepLabHead`, the authors').
+        dropout: the ``deeplab`` head's dropout.
+        init: ``"default"`` (PyTorch's) or ``"kaiming"`` (the authors' :meth:`init_backbone`).
     """
 
     def __init__(self, *, tasks: Optional[Mapping[str, int]] = None, width: float = 1.0, bn: bool = True,
                  pools: int = 3, head_channels: Optional[int] = None, rates: Sequence[int] = (1, 2, 4, 6),
-                 merge: str = "sum", in_channels: int = 3):
+                 merge: str = "sum", in_channels: int = 3, head: str = "aspp", dropout: float = 0.5,
+                 init: str = "default"):
         super().__init__()
         tasks = dict(DEFAULT_TASKS if tasks is None else tasks)
-        if not 0 <= pools <= 4:
-            raise ValueError(f"pools must be in 0..4, got {pools}")
-        head_channels = head_channels or max(16, _ch(128, width))
+        if not 0 <= pools <= 5:
+            raise ValueError(f"pools must be in 0..5, got {pools}")
+        head_channels = head_channels or max(16, _ch(1024 if head == "deeplab" else 128, width))
         self.tasks = tasks
         self.config = dict(tasks=tasks, width=width, bn=bn, pools=pools, head_channels=head_channels,
-                           rates=list(rates), merge=merge, in_channels=in_channels)
+                           rates=list(rates), merge=merge, in_channels=in_channels, head=head, dropout=dropout,
+                           init=init)
         layers: List[nn.Module] = []
         c_in, n_pool, dilation = in_channels, 0, 1
         for v in VGG16_LAYOUT:
@@ -154,7 +195,31 @@ class VGG16MTL(_MultiTaskBase):
             c_in = c
         self.backbone = nn.Sequential(*layers)
         self.out_channels = c_in
-        self._make_heads(c_in, tasks, head_channels, rates, merge, bn)
+        self._make_heads(c_in, tasks, head_channels, rates, merge, bn, head, dropout)
+        if init not in ("default", "kaiming"):
+            raise ValueError(f"init must be 'default' or 'kaiming', got {init!r}")
+        if init == "kaiming":
+            self.init_backbone()
+
+    def init_backbone(self) -> None:
+        """The authors' initialisation of the backbone (torchvision's VGG): Kaiming-normal conv weights
+        (fan-out, ReLU gain), zero biases, BN at identity; the heads keep PyTorch's default. Without
+        BN, PyTorch's default (variance 1/(3 fan-in)) shrinks the signal by ~6x over 13 layers."""
+        for m in self.backbone.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def authors_vgg16(*, tasks: Optional[Mapping[str, int]] = None, width: float = 1.0, **kw) -> VGG16MTL:
+    """The authors' ``MTLNet`` (VGG16, biases, no BN, 5 stride-2 max-pools; DeepLab heads with rates
+    1/2/4/6 and 1024 * width mid channels, dropout 0.5, Kaiming backbone), at ``width``; ``kw`` overrides."""
+    return VGG16MTL(**dict(dict(tasks=tasks, width=width, bn=False, pools=5, rates=(1, 2, 4, 6),
+                                head="deeplab", dropout=0.5, init="kaiming"), **kw))
 
 
 class BasicBlock(nn.Module):
