@@ -1,5 +1,5 @@
 """Every .cu kernel compiles with nvcc for the targets of setup.py (SASS sm_80 and sm_90, PTX
-compute_90), without torch headers.
+compute_90), without torch headers, and no kernel instance spills or keeps a stack frame.
 
 Runs wherever nvcc is on the PATH (CI and developer machines have it even without a GPU). The ptxas
 resource report (registers, spills, shared memory) of each kernel goes to build/ptxas/<name>.txt;
@@ -89,6 +89,52 @@ def test_nvcc_compiles(path, tmp_path):
     os.makedirs(report_dir, exist_ok=True)
     with open(os.path.join(report_dir, os.path.basename(path) + ".txt"), "w") as f:
         f.write(res.stderr)
+    # A spill puts the accumulators' FMAs through local memory, and a stack frame makes the driver
+    # reserve stack x resident threads of local memory at the first launch (issue 11 item 2: ~1 GB
+    # for the old T=16 path): no kernel instance may have either, on any target.
+    functions = ptxas_functions(res.stderr)
+    assert functions, "no ptxas function report parsed: did the -v output format change?"
+    bad = [f for f in functions if f["stack"] or f["spill_stores"] or f["spill_loads"]]
+    assert not bad, "kernels that spill or keep a stack frame:\n" + "\n".join(
+        f"{f['arch']} {f['name']}: {f['stack']} B stack, {f['spill_stores']} B spill stores, "
+        f"{f['spill_loads']} B spill loads" for f in bad)
+
+
+def ptxas_functions(report: str):
+    """Every function of a ``ptxas -v`` report: name, target, stack frame and spill bytes."""
+    import re
+
+    out, arch = [], None
+    name = None
+    for line in report.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)' for '(\w+)'", line)
+        if m:
+            arch = m.group(2)
+            continue
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            name = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and name is not None:
+            out.append({"name": name, "arch": arch, "stack": int(m.group(1)),
+                        "spill_stores": int(m.group(2)), "spill_loads": int(m.group(3))})
+            name = None
+    return out
+
+
+def test_ptxas_parser_catches_a_spill():
+    """The spill check reads what ptxas prints (the T=16 instance before the tile path, abridged)."""
+    report = (
+        "ptxas info    : Compiling entry function '_Z6kernelI6__halfEv' for 'sm_90'\n"
+        "ptxas info    : Function properties for _Z6kernelI6__halfEv\n"
+        "    3744 bytes stack frame, 18092 bytes spill stores, 17620 bytes spill loads\n"
+        "ptxas info    : Compiling entry function '_Z6kernelIfEv' for 'sm_90'\n"
+        "ptxas info    : Function properties for _Z6kernelIfEv\n"
+        "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n")
+    got = ptxas_functions(report)
+    assert [(f["name"], f["arch"], f["stack"], f["spill_stores"]) for f in got] == [
+        ("_Z6kernelI6__halfEv", "sm_90", 3744, 18092), ("_Z6kernelIfEv", "sm_90", 0, 0)]
 
 
 BINDINGS = sorted(glob.glob(os.path.join(ROOT, "csrc", "*", "cuda", "*_cuda.cpp")))

@@ -3,6 +3,9 @@
 - ``tests/cpp/warp_reduce_scatter.cpp`` simulates 4 warps of 32 lanes running the filter_stats
   epilogue's warp reduce-scatter exactly as ``cuda_utils.cuh`` sequences it, and checks every
   accumulator's block sum (small integer values: exact).
+- ``tests/cpp/task_tiles.cpp`` runs the CUDA filter_stats path for T = 9..16 (common.h TaskTiles:
+  task tiles split across 5 warps) on simulated lanes: every accumulator has one owner, every
+  output is written and exact for T = 9..16.
 - ``tests/cpp/gather_index.cpp`` checks the gather kernel's multiply-high divisions (FastDivU31)
   against ``/`` and its per-element input offsets against the row math the CPU kernel uses.
 """
@@ -36,3 +39,9 @@ def test_warp_reduce_scatter(tmp_path):
 def test_gather_fast_index(tmp_path):
     out = _build_and_run("gather_index", tmp_path)
     assert "FastDivU31 ok" in out and "gather_in_elem_u31 ok" in out, out
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+def test_task_tiles(tmp_path):
+    out = _build_and_run("task_tiles", tmp_path)
+    assert "ownership ok" in out and "rows ok" in out, out

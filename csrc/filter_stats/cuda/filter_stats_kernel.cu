@@ -17,8 +17,8 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 
-// TL: compile-time task layout; tasks >= the call's T carry zero gradients (their accumulators
-// are dropped by the epilogue). T <= 8 use TL = T exactly; 9..16 share TL = 16.
+// TL: compile-time task layout = the call's T (1..8), every accumulator in registers. T = 9..16
+// take filter_stats_tiles_kernel below.
 template <int TL>
 __device__ __forceinline__ void accumulate(float* acc, float w, const float* g) {
   constexpr int P = num_pairs(TL);
@@ -109,6 +109,73 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- T = 9..16: task tiles across warps (common.h TaskTiles), the row strip in shared memory. ----
+// The register-resident path above spilled at TL = 16 (290 accumulators per thread). Here each warp
+// owns two 4 x 4 tiles of the task grid (74 accumulators per thread) and reads W and the task rows
+// of a kStrip-element strip from shared memory, which the whole block fills once per strip.
+constexpr int kStrip = 256;  // elements per strip (8 per lane); 17 x 256 x 4 B = 17 KB of smem
+constexpr int kTileThreads = TaskTiles::kWarps * 32;
+static_assert(TaskTiles::kTL == kMaxTasks, "the tile path covers every T up to kMaxTasks");
+
+template <typename scalar_t>
+__device__ __forceinline__ void load_strip(float (*sg)[kStrip], float* sw,
+                                           const scalar_t* const* rows, const scalar_t* w, int T,
+                                           int64_t k0, int n) {
+  for (int e = threadIdx.x; e < (T + 1) * kStrip; e += kTileThreads) {
+    const int t = e / kStrip, k = e % kStrip;  // kStrip is a power of two: shifts
+    if (k >= n) continue;
+    if (t < T) sg[t][k] = to_float(rows[t][k0 + k]);
+    else sw[k] = to_float(w[k0 + k]);
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTileThreads)
+    filter_stats_tiles_kernel(FilterStatsTable tab, FilterStatsOut out) {
+  using TT = TaskTiles;
+  __shared__ float sg[TT::kTL][kStrip];
+  __shared__ float sw[kStrip];
+  __shared__ const scalar_t* rows[TT::kTL];
+  const int64_t row = blockIdx.x;
+  const int T = tab.num_tasks;
+  const int64_t l = tab.layer_of_row(row);
+  const int64_t K = tab.k(l);
+  const int64_t local = row - tab.row_offsets()[l];
+  const scalar_t* w = reinterpret_cast<const scalar_t*>(tab.weight_addr(l)) + local * K;
+  if (threadIdx.x < T)
+    rows[threadIdx.x] = reinterpret_cast<const scalar_t*>(tab.grad_addr(l, threadIdx.x)) + local * K;
+  for (int e = threadIdx.x; e < (TT::kTL - T) * kStrip; e += kTileThreads)  // padded tasks: zero rows
+    sg[T + e / kStrip][e % kStrip] = 0.f;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int I[TT::kPerWarp], J[TT::kPerWarp];
+#pragma unroll
+  for (int s = 0; s < TT::kPerWarp; ++s) TT::tile(TT::kPerWarp * warp + s, I[s], J[s]);
+  float acc[TT::kValues];
+#pragma unroll
+  for (int v = 0; v < TT::kValues; ++v) acc[v] = 0.f;
+
+  for (int64_t k0 = 0; k0 < K; k0 += kStrip) {
+    const int n = static_cast<int>(K - k0 < kStrip ? K - k0 : kStrip);
+    __syncthreads();  // rows[] written; the previous strip fully read
+    load_strip<scalar_t>(sg, sw, rows, w, T, k0, n);
+    __syncthreads();
+    for (int k = lane; k < n; k += 32) TT::accumulate(acc, sw[k], &sg[0][0], kStrip, k, I, J);
+  }
+
+  // A warp alone owns its slots: one reduce-scatter, then each lane stores what it holds.
+  constexpr int M = (TT::kValues + 31) / 32;
+  float red[32 * M];
+#pragma unroll
+  for (int v = 0; v < 32 * M; ++v) red[v] = v < TT::kValues ? acc[v] : 0.f;
+  warp_reduce_scatter<M>(red, lane);
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    const int v = WarpReduceScatter<M>::value_index(lane, i);
+    const int a = v < TT::kValues ? TT::acc_index(warp, v) : -1;
+    if (a >= 0) store_filter_acc(out, row, TT::kTL, T, a, red[i]);
+  }
+}
+
 template <typename scalar_t, int TL>
 cudaError_t launch(const FilterStatsTable& tab, int64_t rows, const FilterStatsOut& out,
                    cudaStream_t stream) {
@@ -129,8 +196,10 @@ cudaError_t launch_t(const FilterStatsTable& tab, int64_t rows, const FilterStat
     case 7: return launch<scalar_t, 7>(tab, rows, out, s);
     case 8: return launch<scalar_t, 8>(tab, rows, out, s);
     default:
-      if (tab.num_tasks <= kMaxTasks) return launch<scalar_t, kMaxTasks>(tab, rows, out, s);
-      return cudaErrorInvalidValue;
+      if (tab.num_tasks > TaskTiles::kTL) return cudaErrorInvalidValue;
+      filter_stats_tiles_kernel<scalar_t>
+          <<<static_cast<unsigned>(rows), kTileThreads, 0, s>>>(tab, out);
+      return cudaGetLastError();
   }
 }
 

@@ -10,8 +10,10 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MTL_HD __host__ __device__ __forceinline__
+#define MTL_UNROLL _Pragma("unroll")
 #else
 #define MTL_HD inline
+#define MTL_UNROLL _Pragma("GCC unroll 16")
 #endif
 
 namespace mtlkernels {
@@ -105,6 +107,92 @@ MTL_HD void store_filter_acc(const FilterStatsOut& out, int64_t row, int tl, int
   m[i * T + j] = v;
   m[j * T + i] = v;
 }
+
+// ------------------------------------------------------------------------------------------------
+// Filter statistics for T = 9..16 on CUDA: the task pairs split across warps.
+//
+// With all 290 accumulators of TL = 16 in every thread, ptxas spilled (16-bit inputs: a 3.7 KB stack
+// frame, ~18 KB of spill stores; every FMA through local memory). Instead a block of kWarps warps
+// stages a strip of the row (W and the 16 task rows, float32) in shared memory, and each warp owns
+// kPerWarp of the 10 upper 4 x 4 tiles (I <= J) of the 16 x 16 task grid: per element a thread reads
+// W and the 8 task values of each tile from shared memory and does 16 gram and 16 wg2 FMAs per tile,
+// holding kValues = 74 accumulators. A warp alone owns its tiles, so its reduction is one warp
+// reduce-scatter with no cross-warp step. Tasks >= T are zero rows (dropped by the epilogue).
+// Plain C++, so tests/cpp/task_tiles.cpp runs the same accumulation and mapping on the host.
+// ------------------------------------------------------------------------------------------------
+struct TaskTiles {
+  static constexpr int kTL = 16;  // task layout of the path
+  static constexpr int kTile = 4;
+  static constexpr int kWarps = 5;
+  static constexpr int kPerWarp = 2;  // 10 tiles = 5 warps x 2: balanced
+  static constexpr int kTileValues = kTile * kTile;
+  static constexpr int kValues = kPerWarp * (2 * kTileValues + kTile) + 2;  // 74 per thread
+  // A thread's value slots: gram and wg2 of its tiles, dot of its tile rows, wsq, wabs.
+  MTL_HD static constexpr int gram_slot(int s, int a, int b) { return s * kTileValues + a * kTile + b; }
+  MTL_HD static constexpr int wg2_slot(int s, int a, int b) {
+    return kPerWarp * kTileValues + gram_slot(s, a, b);
+  }
+  MTL_HD static constexpr int dot_slot(int s, int a) { return 2 * kPerWarp * kTileValues + s * kTile + a; }
+  static constexpr int kWsqSlot = kValues - 2;
+  static constexpr int kWabsSlot = kValues - 1;
+
+  // Tile u (0 .. 9) of the upper triangle, row-major: (I, J) with I <= J.
+  MTL_HD static void tile(int u, int& I, int& J) {
+    I = 0;
+    while (u >= kTL / kTile - I) { u -= kTL / kTile - I; ++I; }
+    J = I + u;
+  }
+
+  // One element: w and the task values g[t * stride + k] (t < 16) into a thread's slots, for the
+  // tiles (I[s], J[s]) of its warp.
+  MTL_HD static void accumulate(float* acc, float w, const float* g, int stride, int k,
+                                const int* I, const int* J) {
+MTL_UNROLL
+    for (int s = 0; s < kPerWarp; ++s) {
+      float gi[kTile], gj[kTile], wgi[kTile], wgj[kTile];
+MTL_UNROLL
+      for (int a = 0; a < kTile; ++a) {
+        gi[a] = g[(kTile * I[s] + a) * stride + k];
+        gj[a] = g[(kTile * J[s] + a) * stride + k];
+        wgi[a] = w * gi[a];
+        wgj[a] = w * gj[a];
+        acc[dot_slot(s, a)] += wgi[a];
+      }
+MTL_UNROLL
+      for (int a = 0; a < kTile; ++a) {
+MTL_UNROLL
+        for (int b = 0; b < kTile; ++b) {
+          acc[gram_slot(s, a, b)] += gi[a] * gj[b];
+          acc[wg2_slot(s, a, b)] += wgi[a] * wgj[b];
+        }
+      }
+    }
+    acc[kWsqSlot] += w * w;
+    acc[kWabsSlot] += w < 0.f ? -w : w;
+  }
+
+  // The accumulator (layout TL = 16, above) that slot v of warp `warp` holds, or -1 when the slot
+  // is not an output: the lower half of a diagonal tile, the dot of an off-diagonal tile (its row's
+  // diagonal tile has it), wsq/wabs outside warp 0. Every accumulator has exactly one owner.
+  MTL_HD static int acc_index(int warp, int v) {
+    constexpr int P = num_pairs(kTL);
+    int I, J;
+    if (v < 2 * kPerWarp * kTileValues) {
+      const int kind = v / (kPerWarp * kTileValues);  // 0 gram, 1 wg2
+      const int r = v % (kPerWarp * kTileValues);
+      tile(kPerWarp * warp + r / kTileValues, I, J);
+      const int i = kTile * I + (r % kTileValues) / kTile, j = kTile * J + r % kTile;
+      return i > j ? -1 : kTL + kind * P + pair_index(kTL, i, j);
+    }
+    if (v < kWsqSlot) {
+      const int r = v - 2 * kPerWarp * kTileValues;
+      tile(kPerWarp * warp + r / kTile, I, J);
+      return I == J ? kTile * I + r % kTile : -1;
+    }
+    if (warp != 0) return -1;
+    return v == kWsqSlot ? kTL + 2 * P : kTL + 2 * P + 1;
+  }
+};
 
 // ------------------------------------------------------------------------------------------------
 // Warp reduce-scatter of a filter's accumulators (the CUDA epilogue's index logic; plain C++, so a
