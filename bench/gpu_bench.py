@@ -2,8 +2,10 @@
 
 Providers: reference (eager PyTorch, einsum per layer), torch.compile(reference) (with --compile),
 Triton, CUDA. The kernels are timed twice: through the public API (``ops.filter_stats_many``: input
-checks, backend choice, the FilterStats result) and as the bare registered op on pre-flattened
-lists ("op only"), which separates the kernel from the Python around it.
+checks, backend choice, the FilterStats result) and as the bare registered op on the same stacked
+gradients ("op only"). Per-call CUDA events bracket the host work of the call too, so each filter_stats
+row also has ``throughput_ms`` (N back-to-back calls / N: max(host, device) per call) and, on CUDA,
+``kernel_ms`` / ``kernel_GBps`` (device time of the call's kernels and copies, torch.profiler).
 Ceiling: device-to-device copy bandwidth measured in the same run (bytes read + written).
 Writes JSON (device, versions, shapes, medians, GB/s, ratios) to --out and prints a table.
 
@@ -59,6 +61,41 @@ def time_ms(fn, input_sets, device, reps=50, warmup=5):
     return statistics.median(t), q[2] - q[0]
 
 
+def throughput_ms(fn, input_sets, device, calls=50):
+    """Time per call of `calls` back-to-back calls (one clock pair around all of them): a call's host
+    work overlaps the previous call's kernels, so this is max(host, device) per call, the rate a
+    training loop sees. The per-call events of time_ms bracket one call's host work too, so a
+    host-bound row there reports host latency, not kernel time."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(calls):
+        fn(*input_sets[i % len(input_sets)])
+    _sync(device)
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
+def kernel_ms(fn, input_sets, device, calls=10):
+    """Device time per call of everything a call runs on the GPU (kernels and the table copy),
+    from torch.profiler's CUDA activity; None off CUDA or when the profiler gives no device events."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(calls):
+            fn(*input_sets[i % len(input_sets)])
+        _sync(device)
+    us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return us / 1e3 / calls if us else None
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def copy_bandwidth(device, nbytes):
     src = torch.empty(nbytes // 4, device=device).uniform_()
     dst = torch.empty_like(src)
@@ -107,7 +144,7 @@ def filter_stats_case(net, T, dtype, device, args, backends):
     providers = {}  # name -> (fn, takes the flat gradient list)
     for b in backends:
         providers[b] = (lambda ws, gs, b=b: ops.filter_stats_many(ws, gs, backend=b), False)
-        providers[f"{b} (op only)"] = (lambda ws, gs, op=raw[b]: op(ws, gs), True)
+        providers[f"{b} (op only)"] = (lambda ws, gs, op=raw[b]: op(ws, gs), False)  # stacked, natively
     if not args.compile_only:
         providers["reference"] = (lambda ws, gs: ops.filter_stats_many(ws, gs, backend="reference"), False)
     case = {"op": "filter_stats_many", "net": net, "T": T, "dtype": str(dtype).replace("torch.", ""),
@@ -122,8 +159,14 @@ def filter_stats_case(net, T, dtype, device, args, backends):
         providers["torch.compile(reference)"] = (compiled, True)
     for name, (fn, takes_flat) in providers.items():
         reps = args.reps if args.reps else (20 if name == "reference" else 50)
-        ms, iqr = time_ms(fn, flat if takes_flat else inputs, device, reps=reps)
-        case["providers"][name] = {"median_ms": ms, "iqr_ms": iqr, "GBps": nbytes / ms / 1e6}
+        sets = flat if takes_flat else inputs
+        ms, iqr = time_ms(fn, sets, device, reps=reps)
+        row = {"median_ms": ms, "iqr_ms": iqr, "GBps": nbytes / ms / 1e6,
+               "throughput_ms": throughput_ms(fn, sets, device, calls=reps)}
+        k = kernel_ms(fn, sets, device) if name != "reference" else None
+        if k:
+            row.update(kernel_ms=k, kernel_GBps=nbytes / k / 1e6)
+        case["providers"][name] = row
         print(f"  {net} T={T} {case['dtype']} {name}: {ms:.3f} ms", flush=True)
     base = next((case["providers"][b] for b in backends if b in case["providers"]), None)
     for r in case["providers"].values():

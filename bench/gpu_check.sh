@@ -5,7 +5,10 @@
 # (default 570; the steps after 4 get only the time left, and say so when cut):
 #     1. build mtlkernels._C with CUDA (sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise),
 #     2. the kernel tests on CUDA tensors (cuda and triton backends),
-#     3. the CUDA tests once under compute-sanitizer memcheck,
+#     3. the CUDA tests once under compute-sanitizer memcheck; racecheck on one filter_stats call of
+#        each path (T=3 registers, T=16 shared-memory task tiles) and one gather
+#        (bench/gpu_probes.py race); free device memory before/after the first T=16 launch of a
+#        process (bench/gpu_probes.py local_mem: a stack frame would reserve ~1 GB there),
 #     4. bench/gpu_bench.py (kernels, op-only, eager reference, gathers) -> $OUT/gpu_bench.json,
 #     5. torch.compile(reference) rows -> $OUT/gpu_bench_compile.json,
 #     6. the whole test suite.
@@ -41,10 +44,15 @@ if [ "$PHASE" != extra ]; then
   $PY -m pytest tests/test_ops.py tests/test_triton.py tests/test_device_logic.py -q -p no:cacheprovider \
     -p no:logging -x 2>&1 | tee "$OUT/pytest_kernels.log" | tail -15
   echo "kernel tests: $(since)"
-  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest tests/test_ops.py -q \
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest tests/test_ops.py -q \
     -p no:cacheprovider -p no:logging -k "cuda-cuda and (filter_stats_many or channel_contrib or gather_many)" -x \
     2>&1 | tail -8 | tee "$OUT/memcheck.log"
   echo "memcheck exit: ${PIPESTATUS[0]} ($(since))"
+  timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 $PY bench/gpu_probes.py race \
+    2>&1 | tail -6 | tee "$OUT/racecheck.log"
+  echo "racecheck exit: ${PIPESTATUS[0]} ($(since))"
+  timeout 60 $PY bench/gpu_probes.py local_mem 2>&1 | tee "$OUT/local_mem.log"
+  echo "local_mem exit: ${PIPESTATUS[0]} (1 = more than the limit reserved at the first T=16 launch) ($(since))"
   $PY bench/gpu_bench.py --out "$OUT/gpu_bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -32
   echo "bench: $(since)"
 fi
