@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlkernels.pruning import MultiTaskPruner
+from mtlkernels.pruning import MultiTaskPruner, load_pruned, save_pruned
 
 warnings.filterwarnings("ignore", category=RuntimeWarning)
 TASKS = ["a", "b"]
@@ -281,3 +281,86 @@ def test_round_to_keeps_every_producer_a_multiple(ranking):
         assert all(c.out_channels % k == 0 for c in m.convs), [c.out_channels for c in m.convs]
     assert m.bn.num_features == sum(c.out_channels for c in m.convs)
     evaluate(m, data(1)[0][0])
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision/timm ConvNeXt: LayerNorm over the channels of NCHW, by permuting around it."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """ConvNeXt block: depthwise conv, permute to NHWC, LayerNorm, Linear-GELU-Linear, layer scale
+    (torchvision: a [C, 1, 1] parameter after permuting back; timm: a [C] one in NHWC)."""
+
+    def __init__(self, dim, nhwc_scale=False):
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.pw1, self.act, self.pw2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+        self.nhwc_scale = nhwc_scale
+        self.layer_scale = nn.Parameter(torch.rand(dim) if nhwc_scale else torch.rand(dim, 1, 1))
+
+    def forward(self, x):
+        y = self.pw2(self.act(self.pw1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
+        if self.nhwc_scale:
+            return x + (self.layer_scale * y).permute(0, 3, 1, 2)
+        return x + self.layer_scale * y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtish(Base):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 2, 2), LayerNorm2d(8))
+        self.stage1 = nn.Sequential(CNBlock(8), CNBlock(8, nhwc_scale=True))
+        self.down = nn.Sequential(LayerNorm2d(8), nn.Conv2d(8, 12, 2, 2))
+        self.stage2 = CNBlock(12)
+        self.heads = heads(12)
+
+    def forward(self, x):
+        f = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.out(F.interpolate(f, size=x.shape[-2:]))
+
+
+def test_convnext_permuted_layernorm_linear_and_layer_scale(tmp_path):
+    torch.manual_seed(0)
+    m = ConvNeXtish()
+    x, y = data(1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # nothing left unpruned as not understood
+        # only stage 1's residual stream may lose channels here: the LayerNorms must shrink
+        full = {"stage1.0.pw1": 32, "stage1.1.pw1": 32, "stage2.pw1": 48, "down.1": 12}
+        pr = MultiTaskPruner(m, TASKS, "taylor", example_inputs=x, min_channels=full)
+    an = pr.an
+    assert pr.unsupported == []
+    # the residual stream of stage 1: stem conv, both LayerNorm2d, the depthwise convs, the
+    # NHWC LayerNorms, pw2 and both layer scales are one coupled set
+    stream = an.layers["stem.0"].out_groups
+    for name in ("stem.1", "stage1.0.dw", "stage1.0.norm", "stage1.0.pw2", "stage1.0.layer_scale",
+                 "stage1.1.layer_scale", "down.0"):
+        assert torch.equal(an.layers[name].out_groups, stream), name
+    assert an.layers["stage1.0.layer_scale"].module == "stage1.0"
+    assert (an.layers["stage1.0.pw1"].out_groups >= 0).all()     # the MLP's hidden channels
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    pr.optimizer = opt
+    step(m, pr, opt, x, y)
+    before = {n: p.clone() for n, p in m.named_parameters()}
+    rep = pr.prune(3)
+    kept = [c for c in range(8) if c not in rep.original_channels.get("stem.0", [])]
+    n = len(kept)
+    assert rep.pruned == 3 and n == 5, rep.layer_channels
+    assert m.stem[1].normalized_shape == (n,) and m.stage1[0].norm.normalized_shape == (n,)
+    assert m.stage1[0].layer_scale.shape == (n, 1, 1) and m.stage1[1].layer_scale.shape == (n,)
+    torch.testing.assert_close(m.stage1[1].layer_scale.detach(), before["stage1.1.layer_scale"][kept])
+    assert m.stage1[0].pw1.in_features == n and m.down[1].in_channels == n
+    out = evaluate(m, x)
+    assert {t: o.shape for t, o in out.items()} == {t: (2, 2, 8, 8) for t in TASKS}
+    step(m, pr, opt, x, y)                 # trains on after compaction
+    save_pruned(m, tmp_path / "p.pt")      # LayerNorm's normalized_shape is part of the architecture
+    m2 = load_pruned(ConvNeXtish, tmp_path / "p.pt")
+    a, b = evaluate(m, x), evaluate(m2, x)
+    for t in TASKS:
+        torch.testing.assert_close(a[t], b[t])

@@ -48,6 +48,10 @@ def _attrs_of(m: nn.Module):
     return None if k is None else k.record
 
 
+def _arch_value(v):
+    return [int(x) for x in v] if isinstance(v, (tuple, list, torch.Size)) else int(v)
+
+
 def architecture(model: nn.Module) -> Dict[str, Dict[str, Any]]:
     """``{module name: {"type": class name, attr: value}}`` for every module of a prunable kind
     (:mod:`.kinds`: the attributes a compaction may change)."""
@@ -55,7 +59,7 @@ def architecture(model: nn.Module) -> Dict[str, Dict[str, Any]]:
     for name, m in model.named_modules():
         attrs = _attrs_of(m)
         if attrs is not None:
-            arch[name] = {"type": type(m).__name__, **{a: int(getattr(m, a)) for a in attrs}}
+            arch[name] = {"type": type(m).__name__, **{a: _arch_value(getattr(m, a)) for a in attrs}}
     return arch
 
 
@@ -72,7 +76,7 @@ def apply_architecture(model: nn.Module, arch: Dict[str, Dict[str, Any]], state_
             raise TypeError(f"module {name!r} is a {type(m).__name__}, the saved one a {spec['type']}")
         for a, v in spec.items():
             if a != "type":
-                setattr(m, a, int(v))
+                setattr(m, a, tuple(int(x) for x in v) if isinstance(v, list) else int(v))
     if state_dict is not None:
         for key, t in state_dict.items():
             mod_name, _, attr = key.rpartition(".")

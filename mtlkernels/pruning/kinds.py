@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
-__all__ = ["LayerKind", "KINDS", "kind_of", "KIND_NAMES", "leaf_classes"]
+__all__ = ["LayerKind", "KINDS", "kind_of", "KIND_NAMES", "is_leaf"]
 
 _Conv = nn.modules.conv._ConvNd
 _ConvT = nn.modules.conv._ConvTransposeNd
@@ -49,6 +49,8 @@ class LayerKind:
     when: Callable[[nn.Module], bool] = lambda m: True
     out_dim: int = 0
     in_dim: int = 1
+    #: whether the tracer keeps the module a leaf (else it traces into its forward)
+    leaf: Callable[[nn.Module], bool] = lambda m: True
 
     def matches(self, m: nn.Module) -> bool:
         return isinstance(m, self.classes) and self.when(m)
@@ -98,6 +100,16 @@ def _resize_prelu(m, n_out) -> None:
     m.num_parameters = n_out
 
 
+def _resize_layernorm(m, n_out) -> None:
+    m.normalized_shape = (n_out,)
+
+
+def _plain_forward(m) -> bool:
+    """A LayerNorm subclass that overrides forward (ConvNeXt's LayerNorm2d permutes around
+    F.layer_norm) is traced into, so the analysis sees which dim it normalises."""
+    return type(m).forward is nn.LayerNorm.forward
+
+
 _W = (("weight", "w"), ("bias", "out"))
 _PER = (("weight", "out"), ("bias", "out"))
 KINDS: Tuple[LayerKind, ...] = (
@@ -112,6 +124,10 @@ KINDS: Tuple[LayerKind, ...] = (
     LayerKind("groupnorm", (nn.GroupNorm,), "pass", _PER, ("num_groups", "num_channels"), _resize_groupnorm),
     LayerKind("prelu", (nn.PReLU,), "pass", (("weight", "out"),), ("num_parameters",), _resize_prelu,
               when=lambda m: m.num_parameters > 1),
+    LayerKind("layernorm", (nn.LayerNorm,), "pass", _PER, ("normalized_shape",), _resize_layernorm,
+              when=lambda m: len(m.normalized_shape) == 1, leaf=_plain_forward),
+    # a per-channel parameter used in the graph (layer scale): matched by the analysis, not by class
+    LayerKind("scale", (), "pass", (), (), lambda m, n: None),
 )
 KIND_NAMES = tuple(k.name for k in KINDS)
 _BY_NAME: Dict[str, LayerKind] = {k.name: k for k in KINDS}
@@ -129,12 +145,10 @@ def by_name(name: str) -> LayerKind:
     return _BY_NAME[name]
 
 
-def leaf_classes() -> Tuple[type, ...]:
-    """Classes the tracer keeps as leaves (with their subclasses)."""
-    out: List[type] = []
-    for k in KINDS:
-        out.extend(k.classes)
-    return tuple(out)
+def is_leaf(m: nn.Module) -> bool:
+    """Whether the tracer keeps ``m`` a leaf: a module of a registered kind (subclasses too)."""
+    k = kind_of(m)
+    return k is not None and k.leaf(m)
 
 
 def recorded_attributes() -> Sequence[str]:

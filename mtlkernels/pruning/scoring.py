@@ -44,6 +44,7 @@ DRIVER_CRITERIA: Dict[str, Tuple[str, str]] = {
 REDUCTIONS = ("sum", "mean", "max", "min")
 LAYER_NORMS = ("none", "l2", "mean", "max")
 _WEIGHT_ROWS = ("conv", "convT", "linear", "dwconv")
+_NORMS = ("norm", "groupnorm", "layernorm")
 # A float32 Gram diagonal below this has lost precision to subnormals: recompute in float64.
 _TINY = 2.0 ** -100
 
@@ -62,20 +63,22 @@ def members_of(an: Analysis, modules: Dict[str, nn.Module], which: str, scope: s
     """The member tensors a criterion reads: ``params`` (group scope: every producer-side
     parameter of the group; filter scope: conv/linear/depthwise weights) or ``norm_weight``."""
     out: List[Member] = []
-    for name, info in an.layers.items():
+    for info in an.layers.values():
         if not (info.out_groups >= 0).any():
             continue
-        mod = modules[name]
+        mod = modules[info.module]
         if which == "norm_weight":
-            attrs = ("weight",) if info.kind == "norm" else ()
+            attrs = ("weight",) if info.kind in _NORMS else ()
         elif scope == "filter":
             attrs = ("weight",) if info.kind in _WEIGHT_ROWS else ()
+        elif info.kind in _WEIGHT_ROWS + _NORMS + ("scale",):
+            attrs = tuple(a for a, _ in info.tensors)   # not PReLU's slope: it does not scale the channel
         else:
-            attrs = ("weight", "bias") if info.kind in _WEIGHT_ROWS + ("norm",) else ()
+            attrs = ()
         for attr in attrs:
-            t = getattr(mod, attr, None)
+            t = mod._parameters.get(attr)   # parameters only: never a norm's running statistics
             if isinstance(t, Tensor):
-                out.append(Member(name, attr, info.kind == "convT" and attr == "weight", info.out_groups))
+                out.append(Member(info.module, attr, info.kind == "convT" and attr == "weight", info.out_groups))
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops as _ops
-from .graph import Analysis
+from .graph import Analysis, LayerInfo
 from .kinds import by_name
 
 __all__ = ["hit", "compact", "Masks"]
@@ -40,9 +40,9 @@ def _like_layout(new: Tensor, old: Tensor) -> Tensor:
     return new
 
 
-def layer_tensors(mod: nn.Module, kind: str):
+def layer_tensors(mod: nn.Module, info: LayerInfo):
     """(attribute, role, tensor) of the layer's existing channel-carrying tensors."""
-    for attr, role in by_name(kind).tensors:
+    for attr, role in info.tensors:
         t = getattr(mod, attr, None)
         if t is not None:
             yield attr, role, t
@@ -68,8 +68,8 @@ def _entries(an: Analysis, modules: Dict[str, nn.Module], keep_out, keep_in, opt
         ko, ki = keep_out[name], keep_in[name]
         if ko is None and ki is None:
             continue
-        mod = modules[name]
-        for attr, role, t in layer_tensors(mod, info.kind):
+        mod = modules[info.module]
+        for attr, role, t in layer_tensors(mod, info):
             oi, ii, od, idim = (ko, ki, info.out_dim, info.in_dim) if role == "w" else (ko, None, 0, 1)
             if oi is None and ii is None:
                 continue
@@ -132,12 +132,12 @@ def compact(an: Analysis, modules: Dict[str, nn.Module], pruned: Tensor, optimiz
     for name, info in an.layers.items():
         ko = keep_out[name]
         if ko is not None or keep_in[name] is not None:
-            by_name(info.kind).resize(modules[name], info.out_groups.numel() if ko is None else ko.numel())
+            by_name(info.kind).resize(modules[info.module], info.out_groups.numel() if ko is None else ko.numel())
     return keep_out
 
 
 class Masks:
-    """Per (layer, attr) multiplicative masks of the dead channels (mask mode), and the hooks that
+    """Per (module, attr) multiplicative masks of the dead channels (mask mode), and the hooks that
     keep them applied."""
 
     def __init__(self) -> None:
@@ -153,14 +153,14 @@ class Masks:
             in_dead = None if info.in_groups is None else hit(info.in_groups, dead)
             if not out_dead.any() and (in_dead is None or not in_dead.any()):
                 continue
-            for attr, role, t in layer_tensors(modules[name], info.kind):
+            for attr, role, t in layer_tensors(modules[info.module], info):
                 if role == "w":
                     mask = _along((~out_dead).to(t.dtype), t.dim(), info.out_dim)
                     if in_dead is not None:
                         mask = mask * _along((~in_dead).to(t.dtype), t.dim(), info.in_dim)
                 else:
                     mask = _along((~out_dead).to(t.dtype), t.dim(), 0)
-                self.masks.setdefault(name, {})[attr] = mask.to(t.device)
+                self.masks.setdefault(info.module, {})[attr] = mask.to(t.device)
 
     def mask_tensor(self, p: Tensor, t: Tensor) -> Tensor:
         """``t`` (e.g. a gradient of ``p``) masked like ``p``."""
@@ -173,11 +173,11 @@ class Masks:
 
     def install_hooks(self, an: Analysis, modules: Dict[str, nn.Module], optimizer) -> None:
         self.modules = modules
-        for name, info in an.layers.items():
-            for attr, _ in by_name(info.kind).tensors:
-                p = modules[name]._parameters.get(attr)
+        for info in an.layers.values():
+            for attr, _ in info.tensors:
+                p = modules[info.module]._parameters.get(attr)
                 if p is not None and p.requires_grad:
-                    self._hooks.append(p.register_hook(functools.partial(self._grad_hook, name, attr)))
+                    self._hooks.append(p.register_hook(functools.partial(self._grad_hook, info.module, attr)))
         if optimizer is not None and hasattr(optimizer, "register_step_post_hook"):
             self._hooks.append(optimizer.register_step_post_hook(lambda *a, **k: self.apply(optimizer)))
 
