@@ -85,6 +85,10 @@ def torchvision_body(tv, name: str) -> nn.Module:
 def build(name: str, x: torch.Tensor) -> nn.Module:
     torch.manual_seed(0)
     if name.startswith("timm:"):
+        try:
+            import_torchvision()   # timm imports it when present: with the nms fakes skipped
+        except ImportError:
+            pass
         import timm
 
         body, is_timm = timm.create_model(name[5:], pretrained=False), True

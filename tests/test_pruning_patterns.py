@@ -4,7 +4,7 @@ compute the same outputs; what cannot be pruned safely is blocked *before* anyth
 
 subclassed norms (timm BatchNormAct2d, ``class MyBN(nn.BatchNorm2d)``), stochastic depth outside
 torch.nn, grouped convs (ResNeXt/RegNet), depthwise convs with a channel multiplier, GroupNorm,
-``chunk`` on channels, shape asserts and size arithmetic, a weight also used functionally,
+``chunk`` on channels, a slice that keeps every channel (GhostNet), shape asserts and size arithmetic, a weight also used functionally,
 channels_last, and ``round_to`` with ``ranking="uniform"`` and with convs feeding one concatenation.
 """
 from __future__ import annotations
@@ -159,7 +159,22 @@ class Shared(Base):
         return self.out(F.relu(self.c3(y)))
 
 
-PATTERNS = {"subclassed": Subclassed, "grouped_residual": Residual, "multiplier_groupnorm": Multiplier,
+class Ghost(Base):
+    """GhostNet's module: cat([x1, cheap(x1)])[:, :out] -- a slice that keeps every channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4), nn.ReLU())
+        self.out_chs = 8
+        self.heads = heads(8)
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        return self.out(torch.cat([x1, self.cheap(x1)], dim=1)[:, :self.out_chs])
+
+
+PATTERNS = {"ghost_slice": Ghost, "subclassed": Subclassed, "grouped_residual": Residual, "multiplier_groupnorm": Multiplier,
             "chunk": Chunked, "concat": Concat}
 
 

@@ -329,6 +329,9 @@ class Flow:
         return self._dispatch(node, shape, key, tname, x, xc)
 
     def _dispatch(self, node, shape, key, tname, x, xc):
+        if node.target is operator.getitem and isinstance(x, list):
+            res = self._slice(node, shape, x, xc)
+            return res if res is not None else self.unknown(node, f"{node.name} (slicing channels)")
         if tname == "chunk":
             pieces = self._chunk(node, x, xc)
             if pieces is None:
@@ -352,6 +355,29 @@ class Flow:
         elif key in _RESHAPE and xc == 1:
             res = _reshape(x, tensor_meta(node.args[0]), shape)
         return res if res is not None else self.unknown(node, f"{node.name} ({tname})")
+
+    def _slice(self, node, shape, x, xc) -> Optional[List[int]]:
+        """``x[:, :n]`` with ``n >= C`` (GhostNet's ``out[:, :out_chs]``) or slices of other dims keep
+        every channel, now and after any pruning (a slice past the end stops at the end); a slice
+        that drops channels has absolute positions, which pruning would shift: not understood."""
+        idx = node.args[1]
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        in_shape = tensor_meta(node.args[0])
+        if in_shape is None or shape is None or len(shape) != len(in_shape):
+            return None
+        if any(i is Ellipsis for i in idx):
+            k = idx.index(Ellipsis)
+            idx = idx[:k] + (slice(None),) * (len(in_shape) - len(idx) + 1) + idx[k + 1:]
+        if len(idx) > len(in_shape) or not all(isinstance(i, slice) for i in idx):
+            return None
+        if xc < len(idx):
+            sl = idx[xc]
+            full = sl.start in (None, 0) and sl.step in (None, 1) and (sl.stop is None or (
+                isinstance(sl.stop, int) and sl.stop >= len(x)))
+            if not full:
+                return None
+        self.cdim[node] = xc
+        return list(x)
 
     def _permute(self, node, shape, x, xc):
         dims = node.args[1:] if node.op == "call_method" else (_arg(node, 1, "dims"),)

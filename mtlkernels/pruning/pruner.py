@@ -359,7 +359,7 @@ class MultiTaskPruner:
 
         s = self._scorer.batch_scores(grad_of)
         self._acc.update(s)
-        return s.cpu()
+        return s   # on the model's device: no copy to the host per step
 
     @torch.no_grad()
     def _set_grads(self, params: List[Tensor], grads: List[List[Optional[Tensor]]], tw: List[float]) -> None:
