@@ -23,6 +23,10 @@ from typing import List, Optional
 
 __all__ = ["main", "build_parser"]
 
+#: the committed results the README's results section is generated from, and its figure
+PUBLISHED = ("docs/study_results.json", "docs/study_delta_m.png")
+DEFAULT_SEEDS = [0, 1, 2]
+
 STAGES = {"train": ["train"], "prune": ["train", "prune"], "retrain": ["train", "prune", "retrain"],
           "study": ["train", "prune", "retrain"]}
 
@@ -77,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder (re-running resumes) [%(default)s]")
         if name != "report":
             _add_run_arguments(sp)
+    g = p.commands["report"].add_argument_group("README")
+    g.add_argument("--publish", action="store_true",
+                   help=f"copy --out's results.json and fig_delta_m.png to {PUBLISHED[0]} and {PUBLISHED[1]}, "
+                        "then regenerate the README's results section from them")
+    g.add_argument("--readme", action="store_true",
+                   help=f"regenerate the README's results section from {PUBLISHED[0]} (no --out needed)")
+    g.add_argument("--check", action="store_true", help="with --readme: exit 1 if the README's section differs")
     return p
 
 
@@ -84,10 +95,17 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     r = _ranged
     g = sp.add_argument_group("run")
     g.add_argument("--preset", choices=["demo", "paper"], default="demo",
-                   help="demo: 1/8-width VGG16 on procedural scenes, minutes on a CPU; paper: full VGG16 on "
+                   help="demo: the authors' VGG16 at 1/8 width on procedural scenes, 3 seeds in ~15 min on 2 CPU cores; paper: full VGG16 on "
                         "NYUv2, 100 filters every 500 iterations [%(default)s]")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... [preset's]")
-    g.add_argument("--seed", type=r("seed"), help="seed of data, init and sampling [0]")
+    g.add_argument("--seed", type=r("seed"), help="one seed (of data, init and sampling), its study in --out itself")
+    g.add_argument("--seeds", type=r("seed"), nargs="+", metavar="K",
+                   help=f"several seeds, each in --out/seed<K>/, then the results over seeds in --out "
+                        f"[{' '.join(map(str, DEFAULT_SEEDS))}, unless --seed]")
+    g.add_argument("--jobs", type=r("threads"), default=2,
+                   help="seeds run at once, one process each [%(default)s]")
+    g.add_argument("--margin", dest="equivalence_margin", type=r("equivalence_margin"),
+                   help="finding 1's equivalence margin, points of delta_m [3]")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     g.add_argument("--threads", type=r("threads"),
                    help="torch intra-op CPU threads [demo on CPU: 1; else torch's default]")
@@ -95,6 +113,14 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     g = sp.add_argument_group("model and data")
     g.add_argument("--model", choices=["vgg16", "resnet18", "resnet34"])
     g.add_argument("--width", type=r("width"), help="channel width multiplier")
+    g.add_argument("--bn", action="store_const", const=True, default=None,
+                   help="BatchNorm after every conv (the authors' VGG16 has none)")
+    g.add_argument("--pools", type=r("pools"), help="stride-2 max-pools of the VGG16 (the authors': 5)")
+    g.add_argument("--head", choices=["deeplab", "aspp"],
+                   help="deeplab: the authors' (per rate 3x3 -> 1x1 -> 1x1, summed); aspp: summed 3x3 then one 1x1")
+    g.add_argument("--head-channels", type=r("head_channels"), help="mid channels of the heads [1024 x width]")
+    g.add_argument("--dropout", type=r("dropout"), help="the deeplab head's dropout [0.5]")
+    g.add_argument("--init", choices=["kaiming", "default"], help="backbone initialisation [kaiming]")
     g.add_argument("--data", dest="dataset", choices=["procedural", "nyuv2"])
     g.add_argument("--data-root", type=_folder,
                    help="the preprocessed NYUv2 folder (train/ val/ with image/ label/ depth/ normal/)")
@@ -125,9 +151,10 @@ def _config(args):
     from .study import make_config
     from .study.config import check_config
 
-    keys = ["device", "seed", "model", "width", "dataset", "data_root", "data_cache", "n_train", "n_val", "n_test",
+    keys = ["device", "seed", "model", "width", "bn", "pools", "head", "head_channels", "dropout", "init", "dataset", "data_root", "data_cache", "n_train", "n_val", "n_test",
             "image_size", "train_steps", "batch_size", "lr", "criteria", "levels", "prune_every", "prune_amount",
-            "level_ft_steps", "min_channels", "strategies", "latency_repeats", "threads", "ckpt_every"]
+            "level_ft_steps", "min_channels", "strategies", "latency_repeats", "threads", "ckpt_every",
+            "equivalence_margin"]
     cfg = make_config(args.preset, **{k: getattr(args, k, None) for k in keys})
     if cfg.threads is None and cfg.preset == "demo" and cfg.device == "cpu":
         # the demo's small (and pruned, odd-width) convs gain little from intra-op threads, and on a
@@ -176,35 +203,89 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
 
+def _report(args) -> int:
+    from .study import collect_results, write_all
+    from .study.config import StudyInputError
+    from .study.outdir import OutLock
+    from .study.seeds import collect_seeds, is_multi_seed
+
+    out = Path(args.out)
+    # a run writing results.json meanwhile would interleave with this one
+    lock = OutLock(out) if (out / "config.json").exists() or is_multi_seed(out) else None
+    try:
+        res = collect_seeds(out) if is_multi_seed(out) else collect_results(out)
+        if not res.get("seeds") and not res["baseline"]:
+            raise StudyInputError(f"--out {out}: has no finished baseline yet (run `mtlkernels train "
+                                  f"--out {out}`)")
+        write_all(res, out)
+    finally:
+        if lock is not None:
+            lock.release()
+    print(f"[report] {out / 'report.md'}, results.json, results.csv, fig_*.png")
+    if args.publish:
+        import shutil
+
+        shutil.copyfile(out / "results.json", PUBLISHED[0])
+        shutil.copyfile(out / "fig_delta_m.png", PUBLISHED[1])
+        return _readme(args)
+    return 0
+
+
+def readme_blocks() -> dict:
+    """The README's generated blocks, from the committed results (PUBLISHED) and pilots files."""
+    import json
+
+    from .study.pilots import PILOTS_JSON
+    from .study.report import PILOTS_BEGIN, README_BEGIN, pilots_section, readme_section
+
+    res = json.loads(Path(PUBLISHED[0]).read_text())
+    return {README_BEGIN: readme_section(res, PUBLISHED[0], PUBLISHED[1]),
+            PILOTS_BEGIN: pilots_section(json.loads(Path(PILOTS_JSON).read_text()), PILOTS_JSON)}
+
+
+def _readme(args) -> int:
+    """The README's results and pilot sections from the committed files (in the repository root)."""
+    from .study.report import readme_blocks as replaced, write_readme
+
+    readme = Path("README.md")
+    if not Path(PUBLISHED[0]).exists() or not readme.exists():
+        print(f"mtlkernels report: error: --readme runs in the repository root (needs README.md and "
+              f"{PUBLISHED[0]})", file=sys.stderr)
+        return 2
+    blocks = readme_blocks()
+    if args.check:
+        same = replaced(readme.read_text(), blocks) == readme.read_text()
+        print(f"[report] README generated sections {'match' if same else 'DIFFER from'} the committed results")
+        return 0 if same else 1
+    changed = write_readme(readme, blocks)
+    print(f"[report] README generated sections {'regenerated' if changed else 'unchanged'}")
+    return 0
+
+
 def _run(args) -> int:
     out = Path(args.out)
     if args.command == "report":
-        from .study import collect_results, write_all
-        from .study.config import StudyInputError
-        from .study.outdir import OutLock
-
-        # a run writing results.json meanwhile would interleave with this one
-        lock = OutLock(out) if (out / "config.json").exists() else None
-        try:
-            res = collect_results(out)
-            if not res["baseline"]:
-                raise StudyInputError(f"--out {out}: has no finished baseline yet (run `mtlkernels train "
-                                      f"--out {out}`)")
-            write_all(res, out)
-        finally:
-            if lock is not None:
-                lock.release()
-        print(f"[report] {len(res['runs'])} results -> {out / 'report.md'}, results.json, results.csv, fig_*.png")
-        return 0
+        return _readme(args) if args.readme else _report(args)
     cfg = _config(args)
     from .study import Study, write_all
+    from .study.config import StudyInputError
 
     t0 = time.perf_counter()
-    with Study(cfg, out, progress=not args.no_progress) as study:
-        res = study.run(STAGES[args.command])
-        if args.command == "study" or res["runs"]:
+    if args.seed is not None and args.seeds:
+        raise StudyInputError("--seed and --seeds: give one (--seed N: one seed in --out; --seeds: several)")
+    if args.seed is None:
+        from .study.seeds import run_seeds
+
+        res = run_seeds(cfg, out, args.seeds or DEFAULT_SEEDS, STAGES[args.command], jobs=args.jobs)
+        if any(s["runs"] for s in res["seeds"]) or args.command == "study":
             write_all(res, out)
-            print(f"[report] {out / 'report.md'} ({len(res['runs'])} results; results.json, results.csv, fig_*.png)")
+            print(f"[report] {out / 'report.md'} ({len(res['seeds'])} seeds; results.json, results.csv, fig_*.png)")
+    else:
+        with Study(cfg, out, progress=not args.no_progress) as study:
+            res = study.run(STAGES[args.command])
+            if args.command == "study" or res["runs"]:
+                write_all(res, out)
+                print(f"[report] {out / 'report.md'} ({len(res['runs'])} results; results.json, results.csv, fig_*.png)")
     print(f"[{args.command}] finished in {time.perf_counter() - t0:.0f}s -> {out}")
     return 0
 

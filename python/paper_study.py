@@ -38,7 +38,7 @@ def main(argv=None):
     res = write_all(res, args.out)
     f = res["findings"]
     print("findings: criteria alike: {}, extreme iterative pruning drops every task: {}, reinit better at the "
-          "extreme: {}".format(f.get("f1", {}).get("supported"), f["f2"]["supported"], f["f3"]["supported"]))
+          "extreme: {}".format((f.get("f1") or {}).get("supported"), f["f2"]["supported"], f["f3"]["supported"]))
     print(f"report: {args.out}/report.md")
     return 0
 

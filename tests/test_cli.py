@@ -2,6 +2,7 @@
 import csv
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,10 +16,10 @@ from mtlkernels.study import Study, make_config
 from mtlkernels.study.config import StudyInputError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--image-size", "16", "--n-train", "8", "--n-test", "2", "--steps", "2", "--batch-size", "2",
+TINY = ["--seed", "0", "--image-size", "32", "--n-train", "8", "--n-test", "2", "--steps", "2", "--batch-size", "2",
         "--targets", "0.5", "0.9", "--prune-every", "1", "--prune-amount", "300", "--ft-steps", "1",
         "--latency-repeats", "1", "--no-progress", "--threads", "1"]  # 1 thread: far faster for tiny models
-TINY_CFG = dict(image_size=16, n_train=8, n_test=2, train_steps=3, batch_size=2, levels=[0.5], prune_every=1,
+TINY_CFG = dict(image_size=32, n_train=8, n_test=2, train_steps=3, batch_size=2, levels=[0.5], prune_every=1,
                 prune_amount=150, level_ft_steps=1, latency_repeats=1, ckpt_every=1)
 
 
@@ -115,7 +116,7 @@ BAD = [(["--steps", "-5"], "--steps", ">= 1"), (["--steps", "0"], "--steps", ">=
        (["--width", "0"], "--width", "> 0"), (["--batch-size", "0"], "--batch-size", ">= 2"),
        (["--prune-amount", "0"], "--prune-amount", ">= 1"), (["--ft-steps", "-1"], "--ft-steps", ">= 0"),
        (["--targets", "0.5", "0.5"], "--targets", "strictly increasing"), (["--targets", "1.5"], "--targets", "(0, 1)"),
-       (["--threads", "0"], "--threads", ">= 1"), (["--image-size", "3"], "--image-size", ">= 16"),
+       (["--threads", "0"], "--threads", ">= 1"), (["--image-size", "3"], "--image-size", ">= 32"),
        (["--n-train", "0"], "--n-train", "at least 1"), (["--n-test", "0"], "--n-test", "at least 1"),
        (["--prune-every", "0"], "--prune-every", ">= 1"), (["--device", "foo"], "--device", "cpu, cuda"),
        (["--lr", "nan"], "--lr", "> 0"), (["--lr", "1e-3x"], "--lr", "> 0"), (["--seed", "-1"], "--seed", ">= 0"),
@@ -333,33 +334,6 @@ def test_python_m_help():
         assert c in r.stdout
 
 
-def _fake_run(c, s, li, level, params, dm):
-    return {"criterion": c, "strategy": s, "level": level, "level_index": li, "filters_removed_frac": level,
-            "params_total": params, "params": {t: params for t in ("seg", "depth", "normal")},
-            "flops": {t: 10 * params for t in ("seg", "depth", "normal")}, "backbone_filters": 100,
-            "latency_ms": 1.0, "metrics": {}, "delta_m": {"seg": dm, "depth": dm, "normal": dm, "all": dm}}
-
-
-def test_findings_from_numbers():
-    from mtlkernels.study.report import findings
-
-    levels, params = [0.5, 0.75, 0.95], [5000, 2000, 400]
-    it = {"taylor": [-1.0, -2.0, -30.0], "cosine": [-1.5, -2.5, -29.0]}
-    re_ = {"taylor": [-0.5, -1.5, -12.0], "cosine": [-0.8, -1.0, -11.0]}
-    runs = [_fake_run(c, "iterative", i, l, p, d) for c in it for i, (l, p, d) in enumerate(zip(levels, params, it[c]))]
-    runs += [_fake_run(c, "reinit", i, l, p, d) for c in re_ for i, (l, p, d) in enumerate(zip(levels, params, re_[c]))]
-    res = {"tasks": ["seg", "depth", "normal"], "runs": runs, "config": {"criteria": ["taylor", "cosine"]}}
-    f = findings(res)
-    assert f["f1"]["criteria"] == ["taylor", "cosine"] and f["f1"]["supported"]
-    assert f["f2"]["supported"] and f["f3"]["supported"]
-    # criteria far apart, no sharp final drop, reinit worse: every verdict flips
-    it2 = {"taylor": [-1.0, -10.0, -12.0], "cosine": [-20.0, -40.0, -60.0]}
-    runs = [_fake_run(c, "iterative", i, l, p, d) for c in it2 for i, (l, p, d) in enumerate(zip(levels, params, it2[c]))]
-    runs += [_fake_run(c, "reinit", i, l, p, d - 50) for c in it2 for i, (l, p, d) in enumerate(zip(levels, params, it2[c]))]
-    f = findings({"tasks": ["seg", "depth", "normal"], "runs": runs, "config": {"criteria": ["taylor", "cosine"]}})
-    assert not f["f1"]["supported"] and not f["f2"]["supported"] and not f["f3"]["supported"]
-
-
 def test_train_on_nyuv2_layout(tmp_path):
     from test_data import _write_nyu
 
@@ -367,7 +341,7 @@ def test_train_on_nyuv2_layout(tmp_path):
     _write_nyu(tmp_path / "nyu", "val", 2, h=32, w=32)
     out = tmp_path / "o"
     assert cli.main(["train", "--out", str(out), "--data", "nyuv2", "--data-root", str(tmp_path / "nyu"), "--steps", "1",
-                     "--batch-size", "2", "--latency-repeats", "1", "--no-progress", "--threads", "1"]) == 0
+                     "--batch-size", "2", "--latency-repeats", "1", "--no-progress", "--threads", "1", "--seed", "0"]) == 0
     res = json.loads((out / "baseline" / "result.json").read_text())
     assert set(res["metrics"]) == {"seg", "depth", "normal"}
     assert json.loads((out / "trivial.json").read_text())["class_names"][0] == "class0"
@@ -383,3 +357,28 @@ def test_corrupted_checkpoint_is_one_line(tmp_path, capsys):
     assert cli.main(["train", "--out", str(out)] + TINY) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(ckpt) in err[0] and "delete that file" in err[0]
+
+
+def test_several_seeds(tmp_path, capsys):
+    """--seeds: one one-seed study folder per seed (run 2 at a time), the results over seeds in --out
+    (summary with intervals, the findings' tests, the control); a re-run asking other seeds is refused."""
+    out = tmp_path / "ms"
+    args = [a for a in TINY if a not in ("--seed",)][1:] + ["--criterion", "taylor", "cosine", "--targets", "0.5"]
+    assert cli.main(["study", "--out", str(out), "--seeds", "0", "1", "--jobs", "2"] + args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [s["config"]["seed"] for s in res["seeds"]] == [0, 1]
+    assert all((out / f"seed{k}" / "baseline" / "result.json").exists() for k in (0, 1))
+    assert all(s["control"]["strategy"] == "control" for s in res["seeds"])
+    row = res["summary"]["levels"][0]
+    assert row["n"] == 2 and math.isfinite(row["delta_m"]["all"]["lo"])
+    assert res["findings"]["f1"]["points"] and "TOST" in (out / "report.md").read_text()
+    # distinct re-init seeds per criterion: the two re-initialised nets differ even in one architecture
+    w = [torch.load(out / "seed0" / f"retrain-{c}" / "level0.pt", weights_only=False) for c in ("taylor", "cosine")]
+    assert w[0]["state_dict"]["backbone.0.bias"].shape != w[1]["state_dict"]["backbone.0.bias"].shape or not \
+        torch.equal(w[0]["state_dict"]["backbone.0.weight"], w[1]["state_dict"]["backbone.0.weight"])
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["seed"] for r in rows} == {"0", "1"}
+    assert "other --out" in _usage_error(capsys, ["study", "--out", str(out), "--seeds", "0", "2"] + args)
+    assert "give one" in _usage_error(capsys, ["study", "--out", str(out), "--seeds", "0", "--seed", "1"] + args)
+    (out / "report.md").unlink()
+    assert cli.main(["report", "--out", str(out)]) == 0 and (out / "report.md").exists()

@@ -35,7 +35,7 @@ def test_score_large_network():
 
 def test_paper_study(tmp_path):
     out = _run("paper_study.py", "--out", tmp_path / "s", "--steps", 2, "--targets", 0.5, 0.9, "--criteria", "taylor",
-               "--n-train", 8, "--n-test", 2, "--size", 16, "--prune-amount", 300, "--prune-every", 1,
+               "--n-train", 8, "--n-test", 2, "--size", 32, "--prune-amount", 300, "--prune-every", 1,
                "--ft-steps", 1, "--quiet")
     assert "findings:" in out
     for f in ("report.md", "results.json", "results.csv", "fig_seg.png"):

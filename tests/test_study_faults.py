@@ -15,7 +15,7 @@ from mtlkernels.study import collect_results
 pytestmark = pytest.mark.slow  # ~15 forked runs of a tiny study: tens of seconds on a busy 2-core machine
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--image-size", "16", "--n-train", "8", "--n-test", "2", "--steps", "2", "--batch-size", "2",
+ARGS = ["--seed", "0", "--image-size", "32", "--n-train", "8", "--n-test", "2", "--steps", "2", "--batch-size", "2",
         "--targets", "0.5", "0.9", "--prune-every", "1", "--prune-amount", "300", "--ft-steps", "1",
         "--latency-repeats", "1", "--no-progress", "--threads", "1", "--ckpt-every", "1", "--criterion", "taylor"]
 # In the order a run meets them; each entry is one run, killed there, that resumes the previous one.

@@ -17,35 +17,45 @@ class StudyConfig:
     # model
     model: str = "vgg16"
     width: float = 0.125
-    bn: bool = True
-    pools: int = 4
-    head_channels: Optional[int] = 16
-    rates: List[int] = field(default_factory=lambda: [1, 2, 3])
+    bn: bool = False        # the authors' VGG16 has none (--bn: the BN variant)
+    pools: int = 5          # the authors' 5 stride-2 max-pools
+    head: str = "deeplab"   # the authors' head: per rate 3x3 -> 1x1 -> 1x1, summed ("aspp": the compact one)
+    head_channels: Optional[int] = None  # None: 1024 * width (deeplab), 128 * width (aspp)
+    rates: List[int] = field(default_factory=lambda: [1, 2, 4, 6])
     merge: str = "sum"
+    dropout: float = 0.5    # the deeplab head's, as the authors'
+    init: str = "kaiming"   # the authors' backbone initialisation (also of every re-initialised model)
     # data
     dataset: str = "procedural"
     data_root: Optional[str] = None
+    nyu_classes: int = 40   # NYUv2 segmentation classes: 40 as the authors (13: the MTAN layout)
     data_cache: Optional[str] = None  # default: <out>/data
     n_train: int = 1500
     n_val: int = 0  # the study evaluates on test and selects nothing; >0 renders a val split too
     n_test: int = 300
     image_size: int = 64
     # baseline training (also the budget of every re-initialised retraining)
-    train_steps: int = 600
+    train_steps: int = 300
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
     flip: bool = True
     # pruning
     criteria: List[str] = field(default_factory=lambda: ["taylor", "cosine"])
-    levels: List[float] = field(default_factory=lambda: [0.5, 0.75, 0.9, 0.95])
-    prune_every: int = 5      # training steps (score accumulation) between two prune events
-    prune_amount: int = 25    # filters (channel groups) removed per prune event
-    level_ft_steps: int = 40  # fine-tuning steps after reaching each level, before evaluating it
+    # the floor (min_channels x 13 convs = 26 of 528 filters) is 95.1%: no level sits on it
+    levels: List[float] = field(default_factory=lambda: [0.5, 0.8, 0.93])
+    prune_every: int = 4      # training steps (score accumulation) between two prune events
+    prune_amount: int = 13    # filters (channel groups) removed per prune event: 2.5% of 528, the authors' 2.4%
+    level_ft_steps: int = 20  # fine-tuning steps after reaching each level, before evaluating it
     prune_lr: float = 5e-4
+    prune_optimizer: str = "adam"  # between prunes: adam (with weight_decay) or adamw (the authors')
     min_channels: int = 2
     ranking: str = "global"
     strategies: List[str] = field(default_factory=lambda: ["iterative", "reinit"])
+    control: bool = True  # retrain the unpruned architecture from scratch too (with reinit)
+    # report: finding 1's equivalence margin, in points of delta_m (criteria "alike" if the paired
+    # per-seed difference is shown, by TOST at 5%, to lie within +-margin)
+    equivalence_margin: float = 3.0
     # evaluation
     eval_batch: int = 100
     latency_batch: int = 1
@@ -69,7 +79,7 @@ class StudyConfig:
         kw: Dict[str, Any] = dict(tasks={"seg": num_classes, "depth": 1, "normal": 3}, width=self.width,
                                   head_channels=self.head_channels, rates=list(self.rates), merge=self.merge)
         if self.model == "vgg16":
-            kw.update(bn=self.bn, pools=self.pools)
+            kw.update(bn=self.bn, pools=self.pools, head=self.head, dropout=self.dropout, init=self.init)
         return kw
 
 
@@ -130,7 +140,8 @@ class Range:
 #: Valid values of every numeric setting: the CLI parses its flags with these, and
 #: :func:`check_config` checks a config built in Python against them.
 RANGES: Dict[str, Range] = {
-    "width": Range(float, 0, lo_open=True), "pools": Range(int, 0, 4), "head_channels": Range(int, 1),
+    "width": Range(float, 0, lo_open=True), "pools": Range(int, 0, 5), "head_channels": Range(int, 1),
+    "dropout": Range(float, 0, 1, hi_open=True), "nyu_classes": Range(int, 2),
     "n_train": Range(int, 0), "n_val": Range(int, 0), "n_test": Range(int, 0), "image_size": Range(int, 0),
     # batch norm needs two values per channel, and the last feature map of a small image is 1x1
     "train_steps": Range(int, 1), "batch_size": Range(int, 2), "lr": Range(float, 0, lo_open=True),
@@ -138,15 +149,17 @@ RANGES: Dict[str, Range] = {
     "prune_every": Range(int, 1), "prune_amount": Range(int, 1), "level_ft_steps": Range(int, 0),
     "prune_lr": Range(float, 0, lo_open=True), "min_channels": Range(int, 1), "eval_batch": Range(int, 1),
     "latency_batch": Range(int, 1), "latency_repeats": Range(int, 1), "seed": Range(int, 0),
-    "ckpt_every": Range(int, 1), "threads": Range(int, 1),
+    "ckpt_every": Range(int, 1), "threads": Range(int, 1), "equivalence_margin": Range(float, 0, lo_open=True),
 }
 
 #: Settings that cannot change any saved result, so a resumed run may differ in them; every other
 #: field is a checkpoint key (a new field is one unless it is listed here with its reason).
 NOT_CHECKPOINT_KEYS = {
     # which stage folders run: each prune-/retrain-<criterion> folder depends on its criterion only
-    # (its batch stream and its files are named after it)
-    "criteria", "strategies",
+    # (its batch stream and its files are named after it), the control on nothing but the keys
+    "criteria", "strategies", "control",
+    # read by the report only (results.json's findings are recomputed from the saved results)
+    "equivalence_margin",
     # when checkpoints are written: a resumed run ends where an uninterrupted one does (tested)
     "ckpt_every",
     # a name; the values it stands for are the other fields
@@ -160,16 +173,17 @@ NOT_CHECKPOINT_KEYS = {
 CHECKPOINT_KEYS = tuple(f.name for f in dataclasses.fields(StudyConfig) if f.name not in NOT_CHECKPOINT_KEYS)
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # a few minutes on a 2-core CPU: 1/8-width VGG16, procedural 64x64 scenes
+    # the authors' VGG16 at 1/8 width on procedural 64x64 scenes; scale chosen by the pilots in the
+    # README (3 seeds in two processes: about 15 minutes on a 2-core CPU)
     "demo": {},
-    # the paper's scale: full-width VGG16 (DeepLab-LargeFOV: output stride 8), NYUv2, 100 filters
-    # every 500 iterations, at least 5 filters kept per layer
+    # the paper's scale, the authors' protocol where the study's machinery allows it (README: "The paper
+    # preset"): their VGG16 at full width (biases, no BN, 5 pools, DeepLab heads 1/2/4/6 x 1024), NYUv2
+    # with 40 classes, 100 filters every 500 iterations, AdamW 5e-5 between prunes
     "paper": dict(
-        width=1.0, pools=3, head_channels=256, rates=[6, 12, 18, 24], dataset="nyuv2", n_train=0,
-        n_val=0, n_test=0, image_size=0, train_steps=20000, batch_size=8, lr=1e-4, prune_every=500,
-        prune_amount=100, level_ft_steps=2000, prune_lr=1e-4, min_channels=5, ckpt_every=500,
-        levels=[0.25, 0.5, 0.75, 0.9, 0.95], eval_batch=8, latency_batch=1, latency_repeats=20,
-        device="cuda",
+        width=1.0, dataset="nyuv2", nyu_classes=40, n_train=0, n_val=0, n_test=0, image_size=0,
+        train_steps=20000, batch_size=8, lr=1e-4, prune_every=500, prune_amount=100, level_ft_steps=2000,
+        prune_lr=5e-5, prune_optimizer="adamw", min_channels=1, ckpt_every=500,
+        levels=[0.25, 0.5, 0.75, 0.9, 0.95], eval_batch=8, latency_batch=1, latency_repeats=20, device="cuda",
     ),
 }
 
@@ -237,6 +251,10 @@ def check_config(cfg: StudyConfig) -> None:
     _check_lists(cfg)
     if cfg.model not in ("vgg16", "resnet18", "resnet34"):
         raise StudyInputError(f"--model {cfg.model}: choose vgg16, resnet18 or resnet34")
+    for name, known in (("head", ("deeplab", "aspp")), ("init", ("kaiming", "default")),
+                        ("prune_optimizer", ("adam", "adamw"))):
+        if getattr(cfg, name) not in known:
+            raise StudyInputError(f"{flag(name)} {getattr(cfg, name)}: choose {' or '.join(known)}")
     if cfg.dataset == "procedural":
         for name in ("n_train", "n_test"):
             if getattr(cfg, name) < 1:

@@ -46,7 +46,7 @@ def load_datasets(cfg: StudyConfig, out: Path, progress: bool = True) -> Dict[st
         if n <= 0 and (cfg.dataset == "procedural" or split == "val"):
             continue  # (NYUv2 has no separate val split in the usual layout: test reads val/)
         ds[split] = build_dataset(cfg.dataset, split, n=n, size=cfg.image_size, seed=cfg.seed,
-                                  root=cfg.data_root, cache_dir=cache, progress=progress)
+                                  root=cfg.data_root, cache_dir=cache, progress=progress, classes=cfg.nyu_classes)
     return ds
 
 
@@ -71,15 +71,21 @@ def backbone_filters(model: nn.Module) -> int:
                if n.startswith("backbone.") and isinstance(m, nn.Conv2d))
 
 
-def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(params, lr: float, weight_decay: float, kind: str = "adam") -> torch.optim.Optimizer:
+    """Adam with L2 weight decay (the study's default), or AdamW (decoupled; the authors' between prunes)."""
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 def batch_at(ds: MultiTaskDataset, step: int, batch_size: int, seed: int, stream: int,
              flip: bool, device) -> Dict[str, torch.Tensor]:
     """The minibatch of training step ``step``: a pure function of (seed, stream, step), so a resumed
-    run sees exactly the batches an uninterrupted one would."""
-    g = torch.Generator().manual_seed((seed * 1000003 + stream * 7919 + step) % (2 ** 62))
+    run sees exactly the batches an uninterrupted one would. Seeds the global RNG from the same triple
+    too: the step's dropout masks are then the same after a resume (the RNG state is not checkpointed)."""
+    key = (seed * 1000003 + stream * 7919 + step) % (2 ** 62)
+    torch.manual_seed(key ^ 0x5DEECE66D)
+    g = torch.Generator().manual_seed(key)
     idx = torch.randint(0, len(ds), (batch_size,), generator=g)
     b = ds.get(idx)
     if flip:

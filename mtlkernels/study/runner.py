@@ -11,6 +11,7 @@ Output folder layout (``--out DIR``; every stage resumes from its files)::
     prune-<criterion>/pruner-<k>.pt  the pruner checkpoint state.json points to (model, optimizer, scores)
     prune-<criterion>/level<i>.pt    the pruned (and fine-tuned) model at level i (save_pruned)
     retrain-<criterion>/level<i>.pt / .json   re-initialised architecture i, trained from scratch
+    control/level0.pt / .json        the control: the unpruned architecture re-initialised and retrained
     results.json, results.csv, fig_*.png, report.md   (report stage)
 
 Each stage's outputs are committed as one unit: its other files first, then the one file whose
@@ -38,6 +39,7 @@ from .outdir import OutLock, prepare_out
 __all__ = ["Study", "TASKS"]
 
 TASKS = ["seg", "depth", "normal"]
+CONTROL = "control"  # folder, criterion and strategy name of the from-scratch control
 STREAM_BASELINE, STREAM_PRUNE, STREAM_RETRAIN = 1, 100, 1000
 
 
@@ -129,6 +131,9 @@ class Study:
             "flops": {t: pf[t]["flops"] for t in TASKS},
             "params_total": int(sum(p.numel() for p in model.parameters())),
             "backbone_filters": backbone_filters(model),
+            # the architecture: criteria that leave the same one cannot differ by their choice of filters
+            "arch": [m.out_channels for n, m in model.named_modules()
+                     if n.startswith("backbone.") and isinstance(m, torch.nn.Conv2d)],
             "latency_ms": latency_ms(model, lat_x, self.cfg.latency_repeats),
             "latency_device": str(self.device),
             "cpu_threads": torch.get_num_threads(),
@@ -257,9 +262,16 @@ class Study:
             extra = ck["extra"]
             self.log(f"[retrain {criterion}] level {li + 1}: resuming at step {extra['step']}/{cfg.train_steps}")
         else:
-            pruned = load_pruned(self.make, self.out / f"prune-{criterion}" / f"level{li}.pt",
-                                 map_location=self.device).to(self.device)
-            model = self._pruner(pruned, criterion).reinit(seed=cfg.seed + 17 * (li + 1))
+            pruned = (self.new_model() if criterion == CONTROL else
+                      load_pruned(self.make, self.out / f"prune-{criterion}" / f"level{li}.pt",
+                                  map_location=self.device).to(self.device))
+            seed = reinit_seed(cfg.seed, criterion, li)
+            # (reinit does not depend on the criterion; the control's pruner needs no gradients)
+            model = self._pruner(pruned, "random" if criterion == CONTROL else criterion).reinit(seed=seed)
+            if cfg.model == "vgg16" and cfg.init == "kaiming":  # reinit resets to PyTorch's default init
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    model.init_backbone()
             opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
         t0 = time.perf_counter() - extra.get("seconds", 0.0)
 
@@ -269,13 +281,14 @@ class Study:
             fault_point("retrain.ckpt")
 
         train_steps(model, opt, self.ds["train"], cfg, start=int(extra["step"]), stop=cfg.train_steps,
-                    total=cfg.train_steps, stream=STREAM_RETRAIN + li, base_lr=cfg.lr, on_checkpoint=save,
+                    total=cfg.train_steps, stream=reinit_seed(0, criterion, li), base_lr=cfg.lr, on_checkpoint=save,
                     desc=f"retrain {criterion} L{li + 1}", progress=self.progress, recent=extra.get("recent"))
         train_s = time.perf_counter() - t0
         m = evaluate(model, self.ds["test"], cfg, progress=self.progress, desc=f"eval reinit L{li + 1}")
         meas = self.measure(model)
         f0 = int(base["backbone_filters"])
-        r = {"criterion": criterion, "strategy": "reinit", "level": lev["level"], "level_index": li,
+        r = {"criterion": criterion, "strategy": CONTROL if criterion == CONTROL else "reinit", "level": lev["level"],
+             "level_index": li,
              "filters_removed": f0 - meas["backbone_filters"],
              "filters_removed_frac": (f0 - meas["backbone_filters"]) / f0, "target_reached": lev["target_reached"],
              "train_steps": cfg.train_steps, "train_seconds": train_s, "metrics": m,
@@ -287,6 +300,19 @@ class Study:
         self.log(f"[retrain {criterion}] level {li + 1}: {r['filters_removed_frac']:.1%} removed, "
                  f"{_fmt_int(r['params_total'])} params | dm {r['delta_m']['all']:+.1f}% "
                  f"(iterative {lev['delta_m']['all']:+.1f}%) | {M.format_metrics(m)}")
+        return r
+
+    def control(self) -> Dict[str, Any]:
+        """The control: the unpruned architecture re-initialised and retrained exactly as each pruned one
+        (same budget, its own seed), so 're-init beats iterative' can be told from 'more training'."""
+        d = self.out / CONTROL
+        d.mkdir(parents=True, exist_ok=True)
+        base = self.train()
+        r = self._read_json(d / "level0.json")
+        if r is None:
+            lev = {"level": 0.0, "target_reached": True, "delta_m": {"all": 0.0}}
+            r = self._retrain_level(CONTROL, d, 0, lev, base)
+        (d / "level0-ckpt.pt").unlink(missing_ok=True)
         return r
 
     # ------------------------------------------------------------------------------ all
@@ -306,8 +332,16 @@ class Study:
         if "retrain" in stages and "reinit" in self.cfg.strategies:
             for c in criteria:
                 self.retrain(c)
+            if self.cfg.control:
+                self.control()
         self.log(f"[done] stages {', '.join(stages)} in {time.perf_counter() - t0:.0f}s")
         return self.collect()
+
+
+def reinit_seed(seed: int, criterion: str, level_index: int) -> int:
+    """Seed (and batch stream) of a re-initialised retraining: distinct per criterion and level, so two
+    criteria that leave the same architecture are still two independent samples, not one run twice."""
+    return seed + STREAM_RETRAIN + 17 * (level_index + 1) + 7919 * sum(ord(c) for c in criterion)
 
 
 def _remove_unreferenced(d: Path, state: Dict[str, Any]) -> None:
@@ -326,7 +360,8 @@ class _PruneStage:
         self.f0 = int(self.base["backbone_filters"])
         self.targets = [int(math.ceil(l * self.f0)) for l in self.cfg.levels]
         self.stream = STREAM_PRUNE + sum(ord(c) for c in criterion)
-        opt_fn = lambda params: make_optimizer(params, self.cfg.prune_lr, self.cfg.weight_decay)  # noqa: E731
+        opt_fn = lambda params: make_optimizer(params, self.cfg.prune_lr, self.cfg.weight_decay,  # noqa: E731
+                                               self.cfg.prune_optimizer)
         if state is None:
             self.model = study.baseline_model()
             self.opt = opt_fn(self.model.parameters())
@@ -454,4 +489,5 @@ def collect_results(out: Path, cfg: Optional[StudyConfig] = None) -> Dict[str, A
         for f in sorted(d.glob("level*.json"), key=lambda p: int(p.stem[5:])):
             runs.append(json.loads(f.read_text()))
     res["runs"] = runs
+    res["control"] = rd(out / CONTROL / "level0.json")
     return res

@@ -154,7 +154,7 @@ class NYUv2(MultiTaskDataset):
     """NYUv2 in the common preprocessed layout (e.g. MTAN's ``nyuv2``)::
 
         <root>/train/image/0.npy   float [H,W,3] in [0,1] (or [3,H,W], or uint8)
-        <root>/train/label/0.npy   [H,W] class 0..12, -1 (or 255) = ignore
+        <root>/train/label/0.npy   [H,W] class 0..classes-1 (13 or 40), -1 (or 255) = ignore
         <root>/train/depth/0.npy   [H,W,1] or [H,W] metres, 0 = invalid
         <root>/train/normal/0.npy  [H,W,3] or [3,H,W] in [-1,1], 0 = invalid
         <root>/val/...             the same (the usual test split)
@@ -166,7 +166,11 @@ class NYUv2(MultiTaskDataset):
     class_names = tuple(f"class{i}" for i in range(NYU_CLASSES))
     SUBDIRS = ("image", "label", "depth", "normal")
 
-    def __init__(self, root: Union[str, Path], split: str = "train", limit: Optional[int] = None):
+    def __init__(self, root: Union[str, Path], split: str = "train", limit: Optional[int] = None,
+                 classes: int = NYU_CLASSES):
+        # 13 (the usual MTAN layout) or 40 (the authors': AdaShare's NYU_v2, labels 0..39, 255 ignored)
+        self.num_classes = int(classes)
+        self.class_names = tuple(f"class{i}" for i in range(self.num_classes))
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"NYUv2 root {root} does not exist or is not a directory "
@@ -210,7 +214,7 @@ class NYUv2(MultiTaskDataset):
                 raise ValueError(f"NYUv2: sample {i} under {d} has mismatched shapes: image {img.shape}, "
                                  f"label {lab.shape}, depth {dep.shape}, normal {nor.shape}")
             lab = lab.astype(np.int64)
-            lab[(lab < 0) | (lab >= NYU_CLASSES)] = IGNORE_INDEX
+            lab[(lab < 0) | (lab >= self.num_classes)] = IGNORE_INDEX
             imgs.append(img.astype(np.float32))
             labs.append(lab.astype(np.uint8))
             deps.append(dep.astype(np.float32))
@@ -228,14 +232,15 @@ class NYUv2(MultiTaskDataset):
 
 
 def build_dataset(name: str, split: str, *, n: int = 1000, size: int = 64, seed: int = 0,
-                  root: Optional[str] = None, cache_dir=None, progress: bool = False) -> MultiTaskDataset:
-    """``procedural`` (n scenes of ``size``) or ``nyuv2`` (from ``root``)."""
+                  root: Optional[str] = None, cache_dir=None, progress: bool = False,
+                  classes: int = NYU_CLASSES) -> MultiTaskDataset:
+    """``procedural`` (n scenes of ``size``) or ``nyuv2`` (from ``root``, ``classes`` 13 or 40)."""
     if name == "procedural":
         return ProceduralScenes(split, n, size, seed, cache_dir, progress=progress)
     if name == "nyuv2":
         if not root:
             raise ValueError("the nyuv2 dataset needs --data-root pointing at the preprocessed NYUv2 folder")
-        return NYUv2(root, split)
+        return NYUv2(root, split, classes=classes)
     raise ValueError(f"unknown dataset {name!r}: choose procedural or nyuv2")
 
 
