@@ -21,7 +21,6 @@ Usage: ``python bench/host_overhead_bench.py [--out bench/results/host_overhead_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -34,17 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import shapes  # noqa: E402
 
 import mtlkernels as mk  # noqa: E402
-
-
-def machine_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from benchutil import cpu_name, emit  # noqa: E402
 
 
 def tiny_layers(num_tasks: int, filters: int = 2):
@@ -104,7 +93,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     rows = run(args.tasks, args.calls, args.rounds)
     result = {
-        "machine": machine_name(),
+        "machine": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -113,11 +102,7 @@ def main(argv=None) -> int:
                    "calls_per_round": args.calls, "rounds": args.rounds},
         "us_per_call": rows,
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
     return 0
 
 

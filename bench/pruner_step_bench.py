@@ -18,9 +18,7 @@ Run: ``python bench/pruner_step_bench.py [--rounds 15] [--out bench/results/prun
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,11 +29,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     import mtlkernels
     from mtlkernels.study.models import VGG16MTL
     from mtlkernels.pruning import MultiTaskPruner
+from benchutil import cpu_name, emit  # noqa: E402
 
 TASKS = {"seg": 7, "depth": 1, "normal": 3}
 
@@ -74,16 +74,6 @@ def provider(name, width, x, ys):
     def stats_only():
         pr._scorer.batch_scores(lambda w: [gt[index[id(w)]] for gt in g])
     return step, stats_only
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(fns, rounds, reps):
@@ -134,11 +124,7 @@ def main(argv=None):
             "statistics_group_over_filter": stats_t["group"]["median_ms"] / stats_t["filter"]["median_ms"],
         },
     }
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        a.out.write_text(text + "\n")
-    return res
+    return emit(res, a.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     import mtlkernels
     from mtlkernels.pruning.graph import analyse
-from pruner_step_bench import cpu_name  # noqa: E402
+from benchutil import cpu_name, emit  # noqa: E402
 
 TASKS = {"seg": 7, "depth": 1, "normal": 3}
 TV = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
@@ -179,9 +179,7 @@ def main(argv=None):
 
     res = {"machine": cpu_name(), "torch": torch.__version__, "mtlkernels": mtlkernels.__version__,
            "torch_pruning": tp.__version__, "input": [1, 3, a.size, a.size], "models": rows}
-    if a.out:
-        a.out.write_text(json.dumps(res, indent=1) + "\n")
-    return res
+    return emit(res, a.out, quiet=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Run: ``python bench/score_every_bench.py [--out bench/results/score_every_<machi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -33,7 +32,7 @@ with warnings.catch_warnings():
     from mtlkernels.study.data import build_dataset
     from mtlkernels.study.models import VGG16MTL
     from mtlkernels.pruning import MultiTaskPruner
-from pruner_step_bench import cpu_name  # noqa: E402
+from benchutil import cpu_name, emit  # noqa: E402
 
 KS = (1, 2, 4, 8)
 
@@ -108,11 +107,7 @@ def main(argv=None):
     for crit in ("taylor", "cosine"):
         ks, t_scored, t_plain = run(crit, ds, a, width, size)
         res["criteria"][crit] = {"k": ks, "scored_step_ms": 1e3 * t_scored, "plain_backward_ms": 1e3 * t_plain}
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        a.out.write_text(text + "\n")
-    return res
+    return emit(res, a.out)
 
 
 if __name__ == "__main__":

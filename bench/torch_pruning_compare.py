@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import json
 import os
 import statistics
 import sys
@@ -51,7 +50,7 @@ with warnings.catch_warnings():
     from mtlkernels.integrations.torch_pruning import MultiTaskImportance
     from mtlkernels.study.models import ResNetMTL, VGG16MTL
     from mtlkernels.pruning import MultiTaskPruner, analyse
-    from pruner_step_bench import cpu_name
+    from benchutil import cpu_name, emit
 
 T = 3
 TASKS = {"seg": 7, "depth": 1, "normal": 3}
@@ -251,12 +250,7 @@ def main(argv=None):
         "real_backbones": [n for n, _, _ in real_backbones()] or "torchvision / timm not importable",
         "models": rows,
     }
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
-    return res
+    return emit(res, a.out)
 
 
 if __name__ == "__main__":

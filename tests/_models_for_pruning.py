@@ -183,13 +183,3 @@ def make_data(model_name, n_batches=4, batch=2, size=16, seed=0):
     ys = [{t: torch.randn(s, generator=g) for t, s in shapes.items()} for _ in range(n_batches)]
     return list(zip(xs, ys))
 
-
-def one_thread():
-    """Generator for an autouse fixture: tiny models run fastest (and do not oversubscribe a
-    shared machine) on one intra-op thread; the previous setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)

@@ -14,6 +14,19 @@ from mtlkernels import _backend  # noqa: E402
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run fastest (and do not oversubscribe a shared machine) on one intra-op thread;
+    the previous setting is restored afterwards. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture
 def poison():
     """Every torch.empty inside the test is filled with NaN (ints: their max), so an output element
     a kernel forgets to write fails the comparison."""

@@ -30,12 +30,7 @@ TASKS = ["a", "b", "c"]
 LAM = [1.0, 0.5, 2.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cbr(i, o, k=3, s=1, d=1, groups=1):

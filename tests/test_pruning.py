@@ -12,12 +12,12 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _models_for_pruning import MODELS, TASKS, make_data, one_thread, outputs_dict, task_losses  # noqa: E402
+from _models_for_pruning import MODELS, TASKS, make_data, outputs_dict, task_losses  # noqa: E402
 
 from mtlkernels.pruning import MultiTaskPruner  # noqa: E402
 
 warnings.filterwarnings("ignore", category=RuntimeWarning)  # compiled extension not built
-_one_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NAMES = list(MODELS)
 CRIT = {"vgg": "cosine", "resnet": "taylor", "aspp": "random", "depthwise": "taylor_task_sum"}

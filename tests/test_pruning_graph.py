@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _models_for_pruning import MODELS, TASKS, make_data, one_thread, outputs_dict, task_losses  # noqa: E402
+from _models_for_pruning import MODELS, TASKS, make_data, outputs_dict, task_losses  # noqa: E402
 
 from mtlkernels.pruning import (MultiTaskPruner, PruningSchedule, analyse,  # noqa: E402
                                 count_params_flops, fine_tune, total_params_flops)
 
 warnings.filterwarnings("ignore", category=RuntimeWarning)
-_one_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 X = torch.randn(2, 3, 16, 16)
 
 

@@ -13,13 +13,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _models_for_pruning import one_thread  # noqa: E402
 
 from mtlkernels.pruning import (CheckpointError, MultiTaskPruner, atomic_save,  # noqa: E402
                                 atomic_write_text, load_pruned, read_checkpoint, remove_stale_temps,
                                 save_pruned)
 
-_one_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tiny(nn.Module):

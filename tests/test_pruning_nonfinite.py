@@ -3,7 +3,6 @@ costs only that batch's evidence, non-finite groups are never pruned and are rep
 loss is named, and the criteria stay exact over the float32 range of gradients."""
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 
@@ -20,12 +19,7 @@ warnings.filterwarnings("ignore", category=RuntimeWarning)
 TASKS = ["a", "b"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Net(nn.Module):

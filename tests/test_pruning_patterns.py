@@ -23,12 +23,7 @@ warnings.filterwarnings("ignore", category=RuntimeWarning)
 TASKS = ["a", "b"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MyBN(nn.BatchNorm2d):

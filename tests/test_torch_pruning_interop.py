@@ -32,12 +32,11 @@ from torch import nn
 tp = pytest.importorskip("torch_pruning")
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _models_for_pruning import one_thread  # noqa: E402
 
 from mtlkernels.integrations.torch_pruning import MultiTaskImportance  # noqa: E402
 
 warnings.filterwarnings("ignore", category=RuntimeWarning)  # compiled extension not built
-_one_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("seg", "depth", "normal")
