@@ -374,3 +374,28 @@ def test_convnext_permuted_layernorm_linear_and_layer_scale(tmp_path):
     a, b = evaluate(m, x), evaluate(m2, x)
     for t in TASKS:
         torch.testing.assert_close(a[t], b[t])
+
+
+class Transposed(Base):
+    """A channels-last detour by transpose (not permute): Linear on the last dim, then back."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 8)
+        self.heads = heads(8)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x)).transpose(1, 3)          # [N, W, H, C]
+        return self.out(F.relu(self.fc(y)).transpose(3, 1))
+
+
+def test_transpose_moves_the_channel_dim():
+    torch.manual_seed(0)
+    m = Transposed()
+    pr = MultiTaskPruner(m, TASKS, "l1", example_inputs=data(1)[0][0], min_channels={"fc": 8})
+    assert pr.unsupported == [] and (pr.an.layers["c1"].out_groups >= 0).all()
+    assert torch.equal(pr.an.layers["fc"].in_groups, pr.an.layers["c1"].out_groups)
+    pr.prune(5)
+    assert m.fc.in_features == m.c1.out_channels < 8
+    evaluate(m, data(1)[0][0])

@@ -67,6 +67,7 @@ _QUERY_METHODS = {"size", "dim", "numel", "ndimension"}
 _QUERY_FUNCS = {getattr, operator.getitem, len}
 _CAT_FUNCS = {torch.cat, torch.concat, torch.concatenate}
 _SKIP = object()   # a node whose environment entry is already set
+_KNOWN_FUNCS = frozenset(_PASS_FUNCS | _BINARY_FUNCS | _CAT_FUNCS | _REDUCE | _RESHAPE | _PARAM_VIEWS)
 
 
 class _UF:
@@ -300,8 +301,7 @@ class Flow:
     # ---------------------------------------------------------------------------- functions
     def call(self, node, shape):
         tgt = node.target
-        key = tgt if node.op == "call_method" else (tgt if tgt in _PASS_FUNCS | _BINARY_FUNCS | _CAT_FUNCS
-                                                    | _REDUCE | _RESHAPE | _PARAM_VIEWS else None)
+        key = tgt if node.op == "call_method" or tgt in _KNOWN_FUNCS else None
         tname = tgt if node.op == "call_method" else getattr(tgt, "__name__", str(tgt))
         src = node.args[0] if node.args else None
         x = self.env.get(src) if isinstance(src, torch.fx.Node) else None
@@ -341,6 +341,8 @@ class Flow:
             return _SKIP
         if tname == "permute":
             return self._permute(node, shape, x, xc)
+        if tname in ("transpose", "swapaxes", "swapdims"):
+            return self._transpose(node, shape, x, xc)
         if tname == "layer_norm":
             return self._layer_norm(node, shape, x, xc)
         res = None
@@ -387,6 +389,14 @@ class Flow:
             return None
         dims = [_norm_dim(d, len(shape)) for d in dims]
         self.cdim[node] = dims.index(xc)
+        return list(x)
+
+    def _transpose(self, node, shape, x, xc):
+        d0, d1 = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
+        if shape is None or not isinstance(d0, int) or not isinstance(d1, int):
+            return None
+        d0, d1 = _norm_dim(d0, len(shape)), _norm_dim(d1, len(shape))
+        self.cdim[node] = d1 if xc == d0 else (d0 if xc == d1 else xc)
         return list(x)
 
     def _layer_norm(self, node, shape, x, xc):
