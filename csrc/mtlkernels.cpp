@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "common/tables.h"
+
 extern "C" {
 // `from mtlkernels import _C` loads this library, whose static initialisers register the ops.
 PyObject* PyInit__C(void) {
@@ -42,6 +44,13 @@ TORCH_LIBRARY(mtlkernels, m) {
   m.def("channel_contrib(Tensor activation, Tensor grad) -> Tensor");
   // xs[i].index_select(dim1[i], idx1[i]).index_select(dim2[i], idx2[i]) for every i, one pass.
   m.def("gather(Tensor[] xs, Tensor?[] idx1, Tensor?[] idx2, int[] dim1, int[] dim2) -> Tensor[]");
+  // The tables of common.h for kernels launched from Python (Triton): one format per op, built in
+  // one place. row_map appends the int32 row -> layer map.
+  m.def("_filter_stats_table(Tensor[] weights, Tensor[] grads, bool row_map) -> Tensor",
+        &filter_stats_table_op);
+  m.def("_gather_table(Tensor[] xs, Tensor?[] idx1, Tensor?[] idx2, int[] dim1, int[] dim2, "
+        "int block_elems) -> (Tensor, Tensor[])", &gather_table_op);
+  m.def("_table_layout() -> int[]", &table_layout);
   m.def("_built_with_cuda() -> bool", &built_with_cuda);
   // "" when the build has a kernel image (SASS or PTX) that CUDA device `device` can run, else why.
   m.def("_cuda_kernel_image_error(int device) -> str", &cuda_kernel_image_error);

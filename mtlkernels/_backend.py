@@ -75,6 +75,8 @@ def _cuda_reason(device: torch.device) -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def _triton_error() -> Optional[str]:
+    if _C is None:  # the Triton ops take their tables from mtlkernels._C (one format per op)
+        return f"the Triton ops need mtlkernels._C for their tables, which is not loaded ({_C_ERROR})"
     try:
         import triton  # noqa: F401
 

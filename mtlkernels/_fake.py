@@ -7,7 +7,7 @@ dispatcher runs these for a call that mixes a meta tensor with CPU tensors, whic
 than return uninitialised CPU memory."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 from torch import Tensor
@@ -31,16 +31,7 @@ def _channel_contrib_fake(activation: Tensor, grad: Tensor) -> Tensor:
     return activation.new_empty((activation.shape[1],), dtype=torch.float32)
 
 
-def gather_out_shape(x: Tensor, i1: Optional[Tensor], i2: Optional[Tensor], d1: int, d2: int):
-    shape = list(x.shape)
-    if i1 is not None:
-        shape[d1] = i1.shape[0]
-    if i2 is not None:
-        shape[d2] = i2.shape[0]
-    return shape
-
-
 @torch.library.register_fake("mtlkernels::gather")
 def _gather_fake(xs, idx1, idx2, dim1, dim2) -> List[Tensor]:
     _rawcheck.gather(xs, idx1, idx2, dim1, dim2)
-    return [x.new_empty(gather_out_shape(x, a, b, c, d)) for x, a, b, c, d in zip(xs, idx1, idx2, dim1, dim2)]
+    return [x.new_empty(_rawcheck.gather_out_shape(x, a, b, c, d)) for x, a, b, c, d in zip(xs, idx1, idx2, dim1, dim2)]

@@ -148,3 +148,14 @@ def gather(xs: Sequence[Tensor], idx1: Sequence[Optional[Tensor]], idx2: Sequenc
             _require(idx.device == x.device, op, f"{name}[{i}] is on {idx.device} but xs[{i}] on {x.device}")
         _require(idx1[i] is None or idx2[i] is None or dim1[i] != dim2[i], op,
                  f"dim1[{i}] == dim2[{i}] == {dim1[i]}: give two different dims")
+
+
+def gather_out_shape(x: Tensor, i1: Optional[Tensor], i2: Optional[Tensor], d1: int, d2: int) -> list:
+    """Output shape of one gather, for the fake kernels (a real call takes the shape of the output
+    that the C++ table builder allocates, csrc/common/tables.cpp ``canonical_gather``)."""
+    shape = list(x.shape)
+    if i1 is not None:
+        shape[d1] = i1.shape[0]
+    if i2 is not None:
+        shape[d2] = i2.shape[0]
+    return shape

@@ -217,18 +217,35 @@ def _split_grads(g: GradsArg, w: Tensor, name: str) -> List[Tensor]:
     return out
 
 
+# ----------------------------------------------------------------------------------- dispatch
+def _triton_ops():
+    from . import triton_ops  # imported on first use: Triton is optional
+
+    return triton_ops
+
+
+def _late(module, name: str):
+    """``module().name``, looked up per call rather than at import (Triton loads on first use, and
+    tests patch the backends' functions)."""
+    return lambda *args: getattr(module(), name)(*args)
+
+
+#: The one dispatch table: op -> backend -> the backend's function of the raw contract
+#: (:mod:`mtlkernels.reference`). "cpu" and "cuda" are the same C++ op; the dispatcher picks the
+#: kernel by the tensors' device.
+_OPS = {
+    op: {"reference": _late(lambda: reference, op), "cpu": _late(lambda: torch.ops.mtlkernels, op),
+         "cuda": _late(lambda: torch.ops.mtlkernels, op), "triton": _late(_triton_ops, op)}
+    for op in ("filter_stats", "channel_contrib", "gather")
+}
+
+
 # ----------------------------------------------------------------------------------- filter stats
 # The ops are not differentiable (statistics and compaction sit outside the training graph): every
 # backend runs under no_grad, so outputs never require grad, whatever the inputs do.
 @torch.no_grad()
 def _run_filter_stats(backend: str, weights: List[Tensor], grads: List[Tensor]):
-    if backend == "reference":
-        return reference.filter_stats(weights, grads)
-    if backend == "triton":
-        from . import triton_ops
-
-        return triton_ops.filter_stats(weights, grads)
-    return torch.ops.mtlkernels.filter_stats(weights, grads)
+    return tuple(_OPS["filter_stats"][backend](weights, grads))
 
 
 def filter_stats_many(
@@ -269,14 +286,6 @@ def filter_stats_many(
     return FilterStats(*out, offsets=tuple(offsets), names=None if names is None else tuple(names))
 
 
-def _kernel_op(chosen: str):
-    if chosen == "triton":
-        from . import triton_ops
-
-        return triton_ops.filter_stats
-    return torch.ops.mtlkernels.filter_stats
-
-
 def _filter_stats_fast(weights, grads, backend: str):
     """The op called once with the caller's tensors as they are, or None.
 
@@ -313,7 +322,7 @@ def _filter_stats_fast(weights, grads, backend: str):
             return None
     try:
         with torch.no_grad():  # outputs never require grad, whatever the inputs do
-            return _kernel_op(chosen)(list(weights), flat)
+            return _run_filter_stats(chosen, list(weights), flat)
     except (RuntimeError, TypeError, ValueError):
         return None
 
@@ -405,16 +414,12 @@ def channel_contrib(activation: Tensor, grad: Tensor, *, backend: str = "auto") 
 
 @torch.no_grad()
 def _run_channel_contrib(chosen: str, activation: Tensor, grad: Tensor) -> Tensor:
-    if chosen == "reference":
-        return reference.channel_contrib(activation, grad)
+    if chosen == "reference":  # the reference takes any [N, C, *]
+        return _OPS["channel_contrib"][chosen](activation, grad)
     # [N, C, S] views: NCHW and channels_last both flatten their spatial dims without a copy.
     a3 = activation.flatten(2) if activation.dim() > 2 else activation.unsqueeze(-1)
     d3 = grad.flatten(2) if grad.dim() > 2 else grad.unsqueeze(-1)
-    if chosen == "triton":
-        from . import triton_ops
-
-        return triton_ops.channel_contrib(a3, d3)
-    return torch.ops.mtlkernels.channel_contrib(a3, d3)
+    return _OPS["channel_contrib"][chosen](a3, d3)
 
 
 # ----------------------------------------------------------------------------------- gather
@@ -521,14 +526,9 @@ def gather_many(
 
 @torch.no_grad()
 def _run_gather(chosen: str, xs, i1s, i2s, d1s, d2s) -> List[Tensor]:
-    if chosen == "reference":
-        return reference.gather(xs, i1s, i2s, d1s, d2s)
-    xs = [x.contiguous() for x in xs]
-    if chosen == "triton":
-        from . import triton_ops
-
-        return triton_ops.gather(xs, i1s, i2s, d1s, d2s)
-    return list(torch.ops.mtlkernels.gather(xs, i1s, i2s, d1s, d2s))
+    if chosen != "reference":  # the kernels read contiguous tensors; the reference any
+        xs = [x.contiguous() for x in xs]
+    return list(_OPS["gather"][chosen](xs, i1s, i2s, d1s, d2s))
 
 
 def gather_channels(

@@ -13,14 +13,15 @@ the destination device's current stream, which is then the launch's stream.
 Design
 ------
 ``filter_stats`` and ``gather`` work on *many* tensors (every prunable layer of a network) and each
-runs as ONE kernel launch, driven by a small int64 table built on the host and copied to the device
-once per call:
+runs as ONE kernel launch, driven by a small int64 table copied to the device once per call. The
+tables are the ones the C++/CUDA ops use (``csrc/include/mtlkernels/common.h``), built by the same
+C++ code (``torch.ops.mtlkernels._filter_stats_table`` / ``_gather_table``): one format per op.
 
-* ``filter_stats``: per layer ``(weight address, K, first output row)``, per (layer, task) the
-  gradient address, then a ``row -> layer`` map. One program per filter row (of the whole network):
-  it looks its layer up, loads the weight/gradient base addresses from the table and casts them with
-  ``.to(tl.pointer_type(...))``, then streams the row in ``BLOCK_K`` chunks, holding all T task
-  gradients as a ``[TP, BLOCK_K]`` tile (T padded to the power of two TP, the pad masked) and
+* ``filter_stats``: per layer the first output row, K and the weight address, per (layer, task) the
+  gradient address, then an int32 ``row -> layer`` map. One program per filter row (of the whole
+  network): it looks its layer up, loads the weight/gradient base addresses from the table and casts
+  them with ``.to(tl.pointer_type(...))``, then streams the row in ``BLOCK_K`` chunks, holding all T
+  task gradients as a ``[TP, BLOCK_K]`` tile (T padded to the power of two TP, the pad masked) and
   accumulating ``dot``, the T x T ``gram`` and ``wg2`` (broadcast products ``g[:, None, :] *
   g[None, :, :]``, rather than ``tl.dot``, whose tiles are at least 16 wide: for small T they
   would be mostly padding; not measured against each other), ``wsq`` and ``wabs``, all in float32,
@@ -31,14 +32,15 @@ once per call:
   base pointer; the table is a few hundred bytes and the kernel reads the gradients where autograd
   left them.
 
-* ``gather``: each tensor is canonicalised on the host to five dims ``[A, D1, B, D2, C]`` (the two
-  gathered dims and the products of the dims around them; a missing index is a size-1 dummy dim or a
-  ``None`` index, flagged in the table). A block table maps program id -> (tensor, first output
-  element); a tensor table holds source/destination/index addresses and the canonical sizes. The
-  gather is a copy, so it is dtype-agnostic: every tensor is reinterpreted as the integer dtype of
-  its width (``uint8``/``int16``/``int32``/``int64``, so ``bool``, ``float16``, ``float64``, ...
-  all work) and the outputs are viewed back. A kernel is specialised on its pointer element type,
-  so there is one launch per distinct element size among the tensors (usually one or two).
+* ``gather``: each tensor is canonicalised (in C++) to five dims ``[A, D1, B, D2, C]`` (the two
+  gathered dims and the products of the dims around them; a missing index is a size-1 dummy dim or
+  a null index address), with the multiply-high dividers of its output index math. A program finds
+  its tensor by a binary search over the table's block map (no per-block host table) and maps its
+  elements to input offsets with those dividers (no division per element for outputs under 2^31
+  elements). The gather is a copy, so it is dtype-agnostic: the kernel's pointers are the integer
+  type of the element width (``uint8``/``int16``/``int32``/``int64``, so ``bool``, ``float16``,
+  ``float64``, ... all work); a pointer has one element type, so there is one launch per distinct
+  element size among the tensors (usually one or two), each skipping the other sizes' blocks.
 
 * ``channel_contrib``: the ``[N, C, S]`` views are read through their strides (NCHW and
   channels_last without a copy) in ``[BLOCK_C, BLOCK_P]`` tiles; the ``N * S`` positions are split
@@ -96,25 +98,26 @@ def _next_pow2(n: int) -> int:
 # =================================================================================== kernels
 @triton.jit
 def _filter_stats_kernel(
-    tab_ptr,        # int64 table: [L * 3 layer rows | L * T grad addresses | F row->layer]
+    tab_ptr,        # int64 FilterStatsTable of common.h: offsets, K, weight and gradient addresses
+    map_ptr,        # int32 [F] row -> layer (the table's optional suffix)
     witness_ptr,    # any weight: gives the element type of the table's addresses
     dot_ptr, gram_ptr, wsq_ptr, wabs_ptr, wg2_ptr,
-    T, G_OFF, R_OFF,
+    T, L,
     BLOCK_K: tl.constexpr,
     TP: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64)
     elem_ptr_ty = witness_ptr.dtype
-    layer = tl.load(tab_ptr + R_OFF + r)
-    w_addr = tl.load(tab_ptr + layer * 3)
-    K = tl.load(tab_ptr + layer * 3 + 1)
-    row0 = tl.load(tab_ptr + layer * 3 + 2)
+    layer = tl.load(map_ptr + r).to(tl.int64)
+    row0 = tl.load(tab_ptr + layer)
+    K = tl.load(tab_ptr + L + 1 + layer)
+    w_addr = tl.load(tab_ptr + 2 * L + 1 + layer)
     row_off = (r - row0) * K
     w_row = w_addr.to(elem_ptr_ty) + row_off
 
     t = tl.arange(0, TP)
     t_mask = t < T
-    g_addr = tl.load(tab_ptr + G_OFF + layer * T + t, mask=t_mask, other=0)
+    g_addr = tl.load(tab_ptr + 3 * L + 1 + layer * T + t, mask=t_mask, other=0)
     g_rows = g_addr.to(elem_ptr_ty) + row_off                          # [TP] pointers
 
     # Element-wise partial sums over the K chunks, reduced over BLOCK_K once after the loop: a
@@ -175,63 +178,83 @@ def _channel_contrib_kernel(
     tl.store(part_ptr + split.to(tl.int64) * C + c, tl.sum(acc, axis=1), mask=c_mask)
 
 
-# Tensor table columns of the gather (int64), in the order _gather_impl writes them; _G_ID is the
-# tensor's position in the call (what an index error reports).
-_G_SRC, _G_DST, _G_IDX1, _G_IDX2, _G_A, _G_D1, _G_B, _G_D2, _G_C, _G_O1, _G_O2, _G_ID = range(12)
-_G_COLS = 12
+@triton.jit
+def _fast_div(n, word):
+    """``n // d`` for ``0 <= n < 2**31`` through a divider word ``m | s << 32`` of the gather table
+    (common.h FastDivU31: a multiply-high, an add and a shift instead of a division)."""
+    m = (word & 0xFFFFFFFF).to(tl.uint32)
+    s = (word >> 32).to(tl.uint32)
+    return (tl.umulhi(n, m) + n) >> s
 
 
 @triton.jit
 def _gather_kernel(
-    blocks_ptr,     # int64 [num_blocks, 2]: (tensor id, first output element)
-    tensors_ptr,    # int64 [num_tensors, _G_COLS]: see _G_* columns
-    witness_ptr,    # any source tensor of this launch: gives the element type
-    err_ptr,        # int64 [1]: set to _G_ID + 1 by an out-of-range index
-    COLS: tl.constexpr,
+    tab_ptr,        # int64 gather table of common.h: records, block map, error word
+    witness_ptr,    # any tensor of this launch's element size: gives the element type
+    N, STARTS, ERR,
+    WORDS: tl.constexpr,      # kGatherDescWords
+    DIV: tl.constexpr,        # kGatherDividerWord
+    ESIZE: tl.constexpr,      # element size of this launch (records of other sizes are skipped)
+    SEARCH: tl.constexpr,     # binary-search steps over the N + 1 block starts
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    tid = tl.load(blocks_ptr + pid * 2)
-    start = tl.load(blocks_ptr + pid * 2 + 1)
-    row = tensors_ptr + tid * COLS
+    # this program's tensor: the last i with block_starts[i] <= pid (no per-block host table)
+    lo = pid * 0
+    hi = lo + N - 1
+    for _ in tl.static_range(SEARCH):
+        mid = (lo + hi + 1) // 2
+        go = tl.load(tab_ptr + STARTS + mid) <= pid
+        lo = tl.where(go, mid, lo)
+        hi = tl.where(go, hi, mid - 1)
+    rec = tab_ptr + lo * WORDS
     elem_ptr_ty = witness_ptr.dtype
-    src = tl.load(row + 0).to(elem_ptr_ty)
-    dst = tl.load(row + 1).to(elem_ptr_ty)
-    idx1_addr = tl.load(row + 2)
-    idx2_addr = tl.load(row + 3)
-    A = tl.load(row + 4)
-    D1 = tl.load(row + 5)
-    B = tl.load(row + 6)
-    D2 = tl.load(row + 7)
-    C = tl.load(row + 8)
-    O1 = tl.load(row + 9)
-    O2 = tl.load(row + 10)
-    tensor_id = tl.load(row + 11)
-    total = A * O1 * B * O2 * C
-
+    A = tl.load(rec + 0)
+    D1 = tl.load(rec + 1)
+    B = tl.load(rec + 2)
+    D2 = tl.load(rec + 3)
+    C = tl.load(rec + 4)
+    n1 = tl.load(rec + 5)
+    n2 = tl.load(rec + 6)
+    idx1_addr = tl.load(rec + 7)
+    idx2_addr = tl.load(rec + 8)
+    src = tl.load(rec + 9).to(elem_ptr_ty)
+    dst = tl.load(rec + 10).to(elem_ptr_ty)
+    total = A * n1 * B * n2 * C
+    start = (pid - tl.load(tab_ptr + STARTS + lo)) * BLOCK
     e = start + tl.arange(0, BLOCK).to(tl.int64)
-    mask = e < total
-    # output canonical layout [A, O1, B, O2, C]
-    c = e % C
-    rest = e // C
-    o2 = rest % O2
-    rest = rest // O2
-    b = rest % B
-    rest = rest // B
-    o1 = rest % O1
-    a = rest // O1
+    mask = (e < total) & ((e * 0 + tl.load(rec + 11)) == ESIZE)   # broadcast, like the flags below
+    # output [A, n1, B, n2, C] coordinates of e
+    if total < 2147483648:   # every index < 2^31: multiply-high divisions, dividers from the table
+        e32 = e.to(tl.uint32)
+        q0 = _fast_div(e32, tl.load(rec + DIV))
+        q1 = _fast_div(q0, tl.load(rec + DIV + 1))
+        q2 = _fast_div(q1, tl.load(rec + DIV + 2))
+        q3 = _fast_div(q2, tl.load(rec + DIV + 3))
+        c = (e32 - q0 * C.to(tl.uint32)).to(tl.int64)
+        j2 = (q0 - q1 * n2.to(tl.uint32)).to(tl.int64)
+        b = (q1 - q2 * B.to(tl.uint32)).to(tl.int64)
+        j1 = (q2 - q3 * n1.to(tl.uint32)).to(tl.int64)
+        a = q3.to(tl.int64)
+    else:
+        r0 = e // C
+        r1 = r0 // n2
+        r2 = r1 // B
+        c = e - r0 * C
+        j2 = r0 - r1 * n2
+        b = r1 - r2 * B
+        a = r2 // n1
+        j1 = r2 - a * n1
     # a null index address means "keep the dim whole" (identity)
     has1 = (e * 0 + idx1_addr) != 0     # broadcast the flag to the block
     has2 = (e * 0 + idx2_addr) != 0
-    idx1 = idx1_addr.to(tl.pointer_type(tl.int64))
-    idx2 = idx2_addr.to(tl.pointer_type(tl.int64))
-    i1 = tl.load(idx1 + o1, mask=mask & has1, other=0)
-    i2 = tl.load(idx2 + o2, mask=mask & has2, other=0)
-    i1 = tl.where(has1, i1, o1)
-    i2 = tl.where(has2, i2, o2)
+    i1 = tl.load(idx1_addr.to(tl.pointer_type(tl.int64)) + j1, mask=mask & has1, other=0)
+    i2 = tl.load(idx2_addr.to(tl.pointer_type(tl.int64)) + j2, mask=mask & has2, other=0)
+    i1 = tl.where(has1, i1, j1)
+    i2 = tl.where(has2, i2, j2)
     # index values are not trusted: a bad one is never loaded from, and flags the call instead
     ok = (i1 >= 0) & (i1 < D1) & (i2 >= 0) & (i2 < D2)
-    tl.store(err_ptr + e * 0, e * 0 + tensor_id + 1, mask=mask & ~ok)
+    tl.store(tab_ptr + ERR + e * 0, e * 0 + lo + 1, mask=mask & ~ok)
     src_off = (((a * D1 + i1) * B + b) * D2 + i2) * C + c
     v = tl.load(src + src_off, mask=mask & ok)
     tl.store(dst + e, v, mask=mask)
@@ -274,48 +297,25 @@ def _empty_stats(f: int, t: int, device) -> Tuple[Tensor, ...]:
             torch.empty(f, **kw), torch.empty(f, t, t, **kw))
 
 
-def _task_grad_addrs(weights: List[Tensor], grads: List[Tensor], num_tasks: int) -> List[int]:
-    """Address of every (layer, task) gradient, layer-major, in either gradient form: task t of a
-    stack is at its base + t * stride(0) elements (no unbind, no copy)."""
-    if not reference.grads_form(weights, grads)[1]:
-        return [g.data_ptr() for g in grads]
-    addrs: List[int] = []
-    for g in grads:
-        step = g.stride(0) * g.element_size()
-        addrs += [g.data_ptr() + t * step for t in range(num_tasks)]
-    return addrs
-
-
 def _filter_stats_impl(weights: List[Tensor], grads: List[Tensor]) -> List[Tensor]:
     device = weights[0].device
     if _use_reference(device):
         return list(reference.filter_stats(weights, grads))
     num_layers = len(weights)
     num_tasks, _ = reference.grads_form(weights, grads)
-    sizes = [int(w.shape[0]) for w in weights]
-    num_rows = sum(sizes)
+    num_rows = sum(int(w.shape[0]) for w in weights)
+    max_k = max(w.numel() // int(w.shape[0]) for w in weights)
     outs = _empty_stats(num_rows, num_tasks, device)
-    # host table: [layer rows (w address, K, first row) | grad addresses | row -> layer]
-    layer_rows: List[int] = []
-    row0 = 0
-    max_k = 1
-    for l, w in enumerate(weights):
-        k = w.numel() // sizes[l]
-        max_k = max(max_k, k)
-        layer_rows += [w.data_ptr(), k, row0]
-        row0 += sizes[l]
-    grad_addrs = _task_grad_addrs(weights, grads, num_tasks)
-    row_layer = torch.repeat_interleave(torch.arange(num_layers, dtype=torch.int64),
-                                        torch.tensor(sizes, dtype=torch.int64))
-    host = torch.cat([torch.tensor(layer_rows + grad_addrs, dtype=torch.int64), row_layer])
+    # the table of common.h (built in C++, like the CUDA binding's) with its int32 row -> layer map
+    host = torch.ops.mtlkernels._filter_stats_table(weights, grads, True)
     tab = _to_device(host, device)
+    row_map = tab[num_layers * (3 + num_tasks) + 1:].view(torch.int32)
     tp = _next_pow2(num_tasks)
     # the two [TP, TP, BLOCK_K] partial sums live in registers across the loop: keep TP * TP * BLOCK_K
     # around 4K elements (64 registers per thread at 4 warps)
     block_k = max(8, min(TUNE["fs_max_block_k"], TUNE["fs_tile"] // (tp * tp), _next_pow2(max_k)))
     torch.library.wrap_triton(_filter_stats_kernel)[(num_rows,)](
-        tab, weights[0], *outs,
-        num_tasks, 3 * num_layers, 3 * num_layers + len(grad_addrs),
+        tab, row_map, weights[0], *outs, num_tasks, num_layers,
         BLOCK_K=block_k, TP=tp, num_warps=TUNE["fs_num_warps"],
     )
     return list(outs)
@@ -345,95 +345,32 @@ def _channel_contrib_impl(a3: Tensor, d3: Tensor) -> Tensor:
     return part.sum(0).to(torch.float32)  # the one rounding to float32
 
 
-def _canonical(x: Tensor, i1: Optional[Tensor], i2: Optional[Tensor], d1: int, d2: int):
-    """``[A, D1, B, D2, C]`` sizes, index tensors and output shape of one gather."""
-    shape = list(x.shape)
-    nd = len(shape)
-    if nd == 0:
-        return (1, 1, 1, 1, 1), None, None, (1, 1), []
-    if i1 is None and i2 is None:
-        d_lo, d_hi, j_lo, j_hi = 0, nd - 1, None, None
-    elif i2 is None:
-        d_lo, j_lo, d_hi, j_hi = d1, i1, None, None
-    elif i1 is None:
-        d_lo, j_lo, d_hi, j_hi = d2, i2, None, None
-    elif d1 < d2:
-        d_lo, j_lo, d_hi, j_hi = d1, i1, d2, i2
-    else:
-        d_lo, j_lo, d_hi, j_hi = d2, i2, d1, i1
-
-    def prod(v):
-        out = 1
-        for e in v:
-            out *= int(e)
-        return out
-
-    out_shape = list(shape)
-    if j_lo is not None:
-        out_shape[d_lo] = int(j_lo.numel())
-    if j_hi is not None:
-        out_shape[d_hi] = int(j_hi.numel())
-    if d_hi is None:            # one index: a size-1 dummy dim for the other
-        sizes = (prod(shape[:d_lo]), shape[d_lo], prod(shape[d_lo + 1:]), 1, 1)
-        outs = (out_shape[d_lo], 1)
-    elif j_lo is None:          # no index at all: a plain copy
-        sizes = (1, 1, 1, 1, prod(shape))
-        outs = (1, 1)
-    else:
-        sizes = (prod(shape[:d_lo]), shape[d_lo], prod(shape[d_lo + 1:d_hi]), shape[d_hi],
-                 prod(shape[d_hi + 1:]))
-        outs = (out_shape[d_lo], out_shape[d_hi])
-    return tuple(int(v) for v in sizes), j_lo, j_hi, outs, out_shape
-
-
 def _gather_impl(xs: List[Tensor], idx1: List[Optional[Tensor]], idx2: List[Optional[Tensor]],
                  dim1: List[int], dim2: List[int]) -> List[Tensor]:
     device = xs[0].device
     if _use_reference(device):
         return list(reference.gather(xs, idx1, idx2, dim1, dim2))
-    outs: List[Optional[Tensor]] = [None] * len(xs)
-    err = torch.zeros(1, dtype=torch.int64, device=device)
-    by_size = {}
-    for i, x in enumerate(xs):
-        by_size.setdefault(x.element_size(), []).append(i)
-    for esize, members in sorted(by_size.items()):   # one launch per element size
-        int_dtype = _INT_OF_SIZE[esize]
-        tensor_rows: List[int] = []
-        block_rows: List[int] = []
-        totals = []
-        prepared = []
-        for i in members:
-            x = xs[i]
-            sizes, j_lo, j_hi, (o1, o2), out_shape = _canonical(x, idx1[i], idx2[i], dim1[i], dim2[i])
-            src = x.view(int_dtype) if x.dim() else x.reshape(1).view(int_dtype)
-            dst = torch.empty(out_shape, dtype=int_dtype, device=device)
-            a, d1, b, d2, c = sizes
-            tensor_rows += [src.data_ptr(), dst.data_ptr(),
-                            0 if j_lo is None else j_lo.data_ptr(),
-                            0 if j_hi is None else j_hi.data_ptr(),
-                            a, d1, b, d2, c, o1, o2, i]
-            totals.append(a * o1 * b * o2 * c)
-            prepared.append((i, src, dst))
-        block = max(16, min(TUNE["gather_block"], _next_pow2(max(totals))))
-        for tid, total in enumerate(totals):
-            for start in range(0, total, block):
-                block_rows += [tid, start]
-        table = _to_device(torch.tensor(tensor_rows + block_rows, dtype=torch.int64), device)
-        tensors_tab = table[:len(tensor_rows)]
-        blocks_tab = table[len(tensor_rows):]
-        if block_rows:  # all outputs of this size may be empty
-            torch.library.wrap_triton(_gather_kernel)[(len(block_rows) // 2,)](
-                blocks_tab, tensors_tab, prepared[0][1], err, COLS=_G_COLS, BLOCK=block,
-                num_warps=TUNE["gather_num_warps"],
-            )
-        for i, _, dst in prepared:
-            outs[i] = dst.view(xs[i].dtype)
+    block = TUNE["gather_block"]
+    # the table of common.h (built in C++, like the CUDA binding's) and the outputs it points at
+    host, outs = torch.ops.mtlkernels._gather_table(xs, idx1, idx2, dim1, dim2, block)
+    words, divider_word = (int(v) for v in torch.ops.mtlkernels._table_layout())
+    n = len(xs)
+    starts, err = n * words, n * words + n + 1
+    num_blocks = int(host[err - 1])                 # block_starts[n]
+    tab = _to_device(host, device)
+    # one launch per element size (a Triton pointer has one element type); each skips the others
+    for esize in sorted({x.element_size() for x in xs}) if num_blocks else ():
+        witness = torch.empty(0, dtype=_INT_OF_SIZE[esize], device=device)
+        torch.library.wrap_triton(_gather_kernel)[(num_blocks,)](
+            tab, witness, n, starts, err, WORDS=words, DIV=divider_word, ESIZE=esize,
+            SEARCH=max(1, (n - 1).bit_length()), BLOCK=block, num_warps=TUNE["gather_num_warps"],
+        )
     # Waits for the kernels on CUDA (a sync per call): only the device knows the index values.
-    bad = int(err.item())
+    bad = int(tab[err].item())
     if bad:
         raise RuntimeError(f"gather_triton: an index of xs[{bad - 1}] (idx1[{bad - 1}] or idx2[{bad - 1}]) "
                            "is out of range for its dim")
-    return outs  # type: ignore[return-value]
+    return list(outs)
 
 
 def _via_host(fn, device: torch.device, *args):
@@ -494,7 +431,7 @@ def _(a3, d3):
 @_gather_op.register_fake
 def _(xs, idx1, idx2, dim1, dim2):
     _rawcheck.gather(xs, idx1, idx2, dim1, dim2, op="gather_triton")
-    return [x.new_empty(_canonical(x, i1, i2, d1, d2)[4]) for x, i1, i2, d1, d2
+    return [x.new_empty(_rawcheck.gather_out_shape(x, i1, i2, d1, d2)) for x, i1, i2, d1, d2
             in zip(xs, idx1, idx2, dim1, dim2)]
 
 

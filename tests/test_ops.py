@@ -372,3 +372,42 @@ def test_cuda_backend_unavailable_without_a_kernel_image(monkeypatch):
         assert asked == [1, 0], asked  # once per device: cached
     finally:
         _backend._cuda_image_error.cache_clear()
+
+
+# ------------------------------------------------------------------------------ shared tables
+def test_filter_stats_table_row_map():
+    """The one filter_stats table format (common.h), as the Triton kernel gets it: offsets, K,
+    addresses, then the int32 row -> layer map (odd F: the pad word is zero, not garbage)."""
+    ws = [torch.randn(3, 4), torch.randn(2, 2, 3), torch.randn(4)]
+    gs = [torch.randn(2, *w.shape) for w in ws]
+    tab = torch.ops.mtlkernels._filter_stats_table(ws, gs, True)
+    L, T, F = 3, 2, 9
+    assert tab.tolist()[:L + 1] == [0, 3, 5, 9] and tab.tolist()[L + 1:2 * L + 1] == [4, 6, 1]
+    assert tab[2 * L + 1:3 * L + 1].tolist() == [w.data_ptr() for w in ws]
+    step = [g.stride(0) * g.element_size() for g in gs]
+    assert tab[3 * L + 1:3 * L + 1 + L * T].tolist() == [
+        g.data_ptr() + t * s for g, s in zip(gs, step) for t in range(T)]
+    row_map = tab[L * (3 + T) + 1:].view(torch.int32)
+    assert row_map.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 0]
+    assert torch.ops.mtlkernels._filter_stats_table(ws, gs, False).numel() == L * (3 + T) + 1
+    with pytest.raises(RuntimeError, match=r"grads\[1\] must be a \[T=2, ...\] stack"):
+        torch.ops.mtlkernels._filter_stats_table(ws, [gs[0], gs[0], gs[2]], True)
+
+
+def test_gather_table_records_blocks_and_dividers():
+    """The one gather table format (common.h): records with host-made dividers, the block map for
+    the caller's block size, a zero error word; the outputs are allocated in the output shape."""
+    words, div = torch.ops.mtlkernels._table_layout()
+    x, y = torch.randn(5, 4, 3), torch.arange(10, dtype=torch.int16)
+    i1, i2 = torch.tensor([4, 0]), torch.tensor([1, 2, 3])
+    tab, outs = torch.ops.mtlkernels._gather_table([x, y], [i1, None], [i2, i2], [0, 0], [1, 0], 16)
+    assert [list(o.shape) for o in outs] == [[2, 3, 3], [3]] and outs[1].dtype == torch.int16
+    rec = tab[:words].tolist()
+    assert rec[:7] == [1, 5, 1, 4, 3, 2, 3] and rec[7:9] == [i1.data_ptr(), i2.data_ptr()]
+    for w, d in zip(rec[div:div + 4], (3, 3, 1, 2)):   # dividers of C, n2, B, n1
+        m, s = w & 0xFFFFFFFF, w >> 32
+        assert all(((((n * m) >> 32) + n) >> s) == n // d for n in range(1000))
+    starts = tab[2 * words:2 * words + 3].tolist()
+    assert starts == [0, 2, 3] and tab[-1].item() == 0     # 18 and 3 outputs in blocks of 16
+    with pytest.raises(RuntimeError, match=r"idx2\[1\]\[0\] = 99 is out of range"):
+        torch.ops.mtlkernels._gather_table([x, y], [i1, None], [i2, torch.tensor([99])], [0, 0], [1, 0], 16)

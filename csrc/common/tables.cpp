@@ -3,6 +3,7 @@
 #include <c10/util/SmallVector.h>
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 
 namespace mtlkernels {
@@ -112,10 +113,14 @@ FilterStatsForm check_filter_stats_args(const std::vector<at::Tensor>& weights,
 }
 
 at::Tensor build_filter_stats_table(const std::vector<at::Tensor>& weights,
-                                    const std::vector<at::Tensor>& grads, FilterStatsForm form) {
+                                    const std::vector<at::Tensor>& grads, FilterStatsForm form,
+                                    bool row_map) {
   const int64_t L = static_cast<int64_t>(weights.size());
   const int T = form.num_tasks;
-  at::Tensor table = at::empty({filter_stats_table_size(L, T)}, at::kLong);
+  int64_t F = 0;
+  for (const auto& w : weights) F += w.size(0);
+  at::Tensor table = at::empty(
+      {row_map ? filter_stats_table_size(L, T, F) : filter_stats_table_size(L, T)}, at::kLong);
   int64_t* d = table.data_ptr<int64_t>();
   d[0] = 0;
   for (int64_t l = 0; l < L; ++l) {
@@ -131,7 +136,19 @@ at::Tensor build_filter_stats_table(const std::vector<at::Tensor>& weights,
       for (int t = 0; t < T; ++t) g[t] = addr(grads[l * T + t]);
     }
   }
+  if (row_map) {
+    int32_t* m = reinterpret_cast<int32_t*>(d + filter_stats_table_size(L, T));
+    if (F % 2) m[F] = 0;  // the pad of an odd count: no uninitialised bytes in the table
+    for (int64_t l = 0; l < L; ++l) std::fill(m + d[l], m + d[l + 1], static_cast<int32_t>(l));
+  }
   return table;
+}
+
+at::Tensor filter_stats_table_op(const std::vector<at::Tensor>& weights,
+                                 const std::vector<at::Tensor>& grads, bool row_map) {
+  const FilterStatsForm form = check_filter_stats_args(weights, grads);
+  TORCH_CHECK(!row_map || weights.size() < (size_t{1} << 31), "filter_stats: too many layers");
+  return build_filter_stats_table(weights, grads, form, row_map);
 }
 
 std::vector<at::Tensor> alloc_filter_stats(int64_t F, int T, const at::TensorOptions& opts) {
@@ -158,80 +175,113 @@ void check_channel_contrib_args(const at::Tensor& a, const at::Tensor& d) {
   TORCH_CHECK(a.numel() > 0, "channel_contrib: empty input");
 }
 
+namespace {
+// Checks one tensor's arguments (before anything is allocated: a bad call raises first).
+void check_gather_tensor(const std::vector<at::Tensor>& xs,
+                         const std::vector<std::optional<at::Tensor>>& idx1,
+                         const std::vector<std::optional<at::Tensor>>& idx2, at::IntArrayRef dim1,
+                         at::IntArrayRef dim2, int64_t i) {
+  const auto& x = xs[i];
+  TORCH_CHECK(x.is_contiguous(), "gather: xs[", i, "] must be contiguous");
+  TORCH_CHECK(x.device() == xs[0].device(), "gather: xs[", i, "] is on another device");
+  const int64_t es = x.element_size();
+  TORCH_CHECK(es == 1 || es == 2 || es == 4 || es == 8, "gather: xs[", i,
+              "] has an element size of ", es, " bytes (1, 2, 4 or 8 supported)");
+  const std::optional<at::Tensor>* ix[2] = {&idx1[i], &idx2[i]};
+  const int64_t dm[2] = {dim1[i], dim2[i]};
+  for (int s = 0; s < 2; ++s) {
+    if (!ix[s]->has_value()) continue;
+    const auto& t = ix[s]->value();
+    TORCH_CHECK(dm[s] >= 0 && dm[s] < x.dim(), "gather: dim ", dm[s], " of idx", s + 1, "[", i,
+                "] is out of range for xs[", i, "] with ", x.dim(), " dims");
+    TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous(), "gather: idx",
+                s + 1, "[", i, "] must be a contiguous 1-D int64 tensor, got ", t.scalar_type(),
+                " of shape ", t.sizes());
+    TORCH_CHECK(t.device() == x.device(), "gather: idx", s + 1, "[", i, "] is on ", t.device(),
+                " but xs[", i, "] on ", x.device());
+    if (t.is_cpu()) check_cpu_index_values(t, x.size(dm[s]), i, s, dm[s]);
+  }
+  TORCH_CHECK(!(ix[0]->has_value() && ix[1]->has_value() && dm[0] == dm[1]),
+              "gather: dim1 == dim2 for xs[", i, "]");
+}
+
+// The canonical [A, D1, B, D2, C] form of xs[i] (common.h) and its output shape: the one place
+// either is computed for a real call (the fakes only need the shape: _rawcheck.gather_out_shape).
+GatherDesc canonical_gather(const at::Tensor& x, const std::optional<at::Tensor>& i1,
+                            const std::optional<at::Tensor>& i2, int64_t d1, int64_t d2,
+                            std::vector<int64_t>& out_shape) {
+  // Order the two selected dims; an absent index becomes a size-1 dummy dim.
+  int64_t lo = i1.has_value() ? d1 : -1, hi = i2.has_value() ? d2 : -1;
+  const at::Tensor* ilo = i1.has_value() ? &i1.value() : nullptr;
+  const at::Tensor* ihi = i2.has_value() ? &i2.value() : nullptr;
+  if (lo >= 0 && hi >= 0 && lo > hi) { std::swap(lo, hi); std::swap(ilo, ihi); }
+  if (lo < 0) { lo = hi; ilo = ihi; hi = -1; ihi = nullptr; }  // only one (or no) index
+  auto prod = [&](int64_t a, int64_t b) {
+    int64_t p = 1;
+    for (int64_t k = a; k < b; ++k) p *= x.size(k);
+    return p;
+  };
+  GatherDesc g{};
+  if (lo < 0) {  // plain copy
+    g.A = 1; g.D1 = 1; g.B = 1; g.D2 = 1; g.C = x.numel();
+  } else if (hi < 0) {
+    g.A = prod(0, lo); g.D1 = x.size(lo); g.B = 1; g.D2 = 1; g.C = prod(lo + 1, x.dim());
+  } else {
+    g.A = prod(0, lo); g.D1 = x.size(lo); g.B = prod(lo + 1, hi); g.D2 = x.size(hi);
+    g.C = prod(hi + 1, x.dim());
+  }
+  g.n1 = ilo ? ilo->numel() : g.D1;
+  g.n2 = ihi ? ihi->numel() : g.D2;
+  g.idx1 = ilo ? addr(*ilo) : 0;
+  g.idx2 = ihi ? addr(*ihi) : 0;
+  out_shape.assign(x.sizes().begin(), x.sizes().end());
+  if (ilo) out_shape[lo] = g.n1;
+  if (ihi) out_shape[hi] = g.n2;
+  g.in = addr(x);
+  g.elem_size = x.element_size();
+  return g;
+}
+}  // namespace
+
 at::Tensor build_gather_table(const std::vector<at::Tensor>& xs,
                               const std::vector<std::optional<at::Tensor>>& idx1,
                               const std::vector<std::optional<at::Tensor>>& idx2,
-                              at::IntArrayRef dim1, at::IntArrayRef dim2,
+                              at::IntArrayRef dim1, at::IntArrayRef dim2, int64_t block_elems,
                               std::vector<at::Tensor>& outs) {
   const int64_t n = static_cast<int64_t>(xs.size());
   TORCH_CHECK(n > 0, "gather: xs is empty");
   TORCH_CHECK(static_cast<int64_t>(idx1.size()) == n && static_cast<int64_t>(idx2.size()) == n &&
                   static_cast<int64_t>(dim1.size()) == n && static_cast<int64_t>(dim2.size()) == n,
               "gather: idx1, idx2, dim1, dim2 must have one entry per tensor");
-  at::Tensor table = at::empty({n * kGatherDescWords}, at::kLong);
+  TORCH_CHECK(block_elems >= 1, "gather: block_elems must be >= 1, got ", block_elems);
+  for (int64_t i = 0; i < n; ++i) check_gather_tensor(xs, idx1, idx2, dim1, dim2, i);
+  at::Tensor table = at::empty({gather_table_size(n)}, at::kLong);
   int64_t* w = table.data_ptr<int64_t>();
+  int64_t* starts = w + gather_block_starts_word(n);
+  starts[0] = 0;
   outs.clear();
+  std::vector<int64_t> out_shape;
   for (int64_t i = 0; i < n; ++i) {
-    const auto& x = xs[i];
-    TORCH_CHECK(x.is_contiguous(), "gather: xs[", i, "] must be contiguous");
-    TORCH_CHECK(x.device() == xs[0].device(), "gather: xs[", i, "] is on another device");
-    const int64_t es = x.element_size();
-    TORCH_CHECK(es == 1 || es == 2 || es == 4 || es == 8, "gather: xs[", i,
-                "] has an element size of ", es, " bytes (1, 2, 4 or 8 supported)");
-    const int64_t nd = x.dim();
-    const std::optional<at::Tensor>* ix[2] = {&idx1[i], &idx2[i]};
-    int64_t dm[2] = {dim1[i], dim2[i]};
-    for (int s = 0; s < 2; ++s) {
-      if (!ix[s]->has_value()) continue;
-      const auto& t = ix[s]->value();
-      TORCH_CHECK(dm[s] >= 0 && dm[s] < nd, "gather: dim ", dm[s], " of idx", s + 1, "[", i,
-                  "] is out of range for xs[", i, "] with ", nd, " dims");
-      TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous(), "gather: idx",
-                  s + 1, "[", i, "] must be a contiguous 1-D int64 tensor, got ", t.scalar_type(),
-                  " of shape ", t.sizes());
-      TORCH_CHECK(t.device() == x.device(), "gather: idx", s + 1, "[", i, "] is on ", t.device(),
-                  " but xs[", i, "] on ", x.device());
-      if (t.is_cpu()) check_cpu_index_values(t, x.size(dm[s]), i, s, dm[s]);
-    }
-    // Order the two selected dims; an absent index becomes a size-1 dummy dim.
-    const bool has1 = idx1[i].has_value(), has2 = idx2[i].has_value();
-    TORCH_CHECK(!(has1 && has2 && dm[0] == dm[1]), "gather: dim1 == dim2 for xs[", i, "]");
-    int64_t lo = has1 ? dm[0] : -1, hi = has2 ? dm[1] : -1;
-    const at::Tensor* ilo = has1 ? &idx1[i].value() : nullptr;
-    const at::Tensor* ihi = has2 ? &idx2[i].value() : nullptr;
-    if (lo >= 0 && hi >= 0 && lo > hi) { std::swap(lo, hi); std::swap(ilo, ihi); }
-    if (lo < 0) { lo = hi; ilo = ihi; hi = -1; ihi = nullptr; }  // only one (or no) index
-    auto prod = [&](int64_t a, int64_t b) {
-      int64_t p = 1;
-      for (int64_t k = a; k < b; ++k) p *= x.size(k);
-      return p;
-    };
-    GatherDesc g{};
-    std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-    if (lo < 0) {  // plain copy
-      g.A = 1; g.D1 = 1; g.B = 1; g.D2 = 1; g.C = x.numel();
-    } else if (hi < 0) {
-      g.A = prod(0, lo); g.D1 = x.size(lo); g.B = 1; g.D2 = 1; g.C = prod(lo + 1, nd);
-    } else {
-      g.A = prod(0, lo); g.D1 = x.size(lo); g.B = prod(lo + 1, hi); g.D2 = x.size(hi);
-      g.C = prod(hi + 1, nd);
-    }
-    g.n1 = ilo ? ilo->numel() : g.D1;
-    g.n2 = ihi ? ihi->numel() : g.D2;
-    g.idx1 = ilo ? addr(*ilo) : 0;
-    g.idx2 = ihi ? addr(*ihi) : 0;
-    if (ilo) out_shape[lo] = g.n1;
-    if (ihi) out_shape[hi] = g.n2;
-    at::Tensor out = at::empty(out_shape, x.options());
-    g.in = addr(x);
+    GatherDesc g = canonical_gather(xs[i], idx1[i], idx2[i], dim1[i], dim2[i], out_shape);
+    at::Tensor out = at::empty(out_shape, xs[i].options());
     g.out = addr(out);
-    g.elem_size = es;
-    int64_t* r = w + i * kGatherDescWords;
-    r[0] = g.A; r[1] = g.D1; r[2] = g.B; r[3] = g.D2; r[4] = g.C; r[5] = g.n1; r[6] = g.n2;
-    r[7] = g.idx1; r[8] = g.idx2; r[9] = g.in; r[10] = g.out; r[11] = g.elem_size;
+    store_gather_desc(g, w + i * kGatherDescWords);
+    starts[i + 1] = starts[i] + (gather_rows(g) * g.C + block_elems - 1) / block_elems;
     outs.push_back(out);
   }
+  w[gather_error_word(n)] = 0;
   return table;
 }
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> gather_table_op(
+    const std::vector<at::Tensor>& xs, const std::vector<std::optional<at::Tensor>>& idx1,
+    const std::vector<std::optional<at::Tensor>>& idx2, at::IntArrayRef dim1, at::IntArrayRef dim2,
+    int64_t block_elems) {
+  std::vector<at::Tensor> outs;
+  at::Tensor table = build_gather_table(xs, idx1, idx2, dim1, dim2, block_elems, outs);
+  return {table, outs};
+}
+
+std::vector<int64_t> table_layout() { return {kGatherDescWords, kGatherDividerWord}; }
 
 }  // namespace mtlkernels

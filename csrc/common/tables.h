@@ -23,9 +23,14 @@ struct FilterStatsForm {
 FilterStatsForm check_filter_stats_args(const std::vector<at::Tensor>& weights,
                                         const std::vector<at::Tensor>& grads);
 
-// int64 CPU tensor holding the FilterStatsTable of common.h.
+// int64 CPU tensor holding the FilterStatsTable of common.h (with the int32 row -> layer map
+// after it when row_map).
 at::Tensor build_filter_stats_table(const std::vector<at::Tensor>& weights,
-                                    const std::vector<at::Tensor>& grads, FilterStatsForm form);
+                                    const std::vector<at::Tensor>& grads, FilterStatsForm form,
+                                    bool row_map = false);
+// torch.ops.mtlkernels._filter_stats_table: the checks, then the table (for the Triton kernels).
+at::Tensor filter_stats_table_op(const std::vector<at::Tensor>& weights,
+                                 const std::vector<at::Tensor>& grads, bool row_map);
 
 // Allocates dot, gram, wsq, wabs, wg2 (float32, on the weights' device).
 std::vector<at::Tensor> alloc_filter_stats(int64_t num_rows, int num_tasks,
@@ -35,12 +40,19 @@ FilterStatsOut filter_stats_out(std::vector<at::Tensor>& outs);
 
 void check_channel_contrib_args(const at::Tensor& a, const at::Tensor& d);
 
-// Checks the gather arguments, allocates the outputs, and returns an int64 CPU tensor of
-// num_tensors GatherDesc records (kGatherDescWords words each).
+// Checks the gather arguments, allocates the outputs, and returns the int64 CPU gather table of
+// common.h (records, block_starts for blocks of block_elems outputs, a zero error word).
 at::Tensor build_gather_table(const std::vector<at::Tensor>& xs,
                               const std::vector<std::optional<at::Tensor>>& idx1,
                               const std::vector<std::optional<at::Tensor>>& idx2,
-                              at::IntArrayRef dim1, at::IntArrayRef dim2,
+                              at::IntArrayRef dim1, at::IntArrayRef dim2, int64_t block_elems,
                               std::vector<at::Tensor>& outs);
+// torch.ops.mtlkernels._gather_table: (table, outputs), for the Triton kernels.
+std::tuple<at::Tensor, std::vector<at::Tensor>> gather_table_op(
+    const std::vector<at::Tensor>& xs, const std::vector<std::optional<at::Tensor>>& idx1,
+    const std::vector<std::optional<at::Tensor>>& idx2, at::IntArrayRef dim1, at::IntArrayRef dim2,
+    int64_t block_elems);
+// torch.ops.mtlkernels._table_layout: [kGatherDescWords, kGatherDividerWord] for Python.
+std::vector<int64_t> table_layout();
 
 }  // namespace mtlkernels

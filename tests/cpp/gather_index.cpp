@@ -1,7 +1,8 @@
 // Host check of the CUDA gather's fast index math (common.h): FastDivU31 against the division
 // operator over all divisors up to 4096, edge divisors and edge numerators, and random pairs; and
 // gather_in_elem_u31 against gather_in_row(g, e / C) + e % C for every output element of random
-// gather descriptors (random sizes, random index arrays, with and without each index).
+// gather descriptors (random sizes, random index arrays, with and without each index), read back
+// from a gather table record (store_gather_desc / load_gather_dividers) as the kernels read them.
 // Exit status 0 = pass; prints the first mismatch otherwise.
 #include <cstdio>
 #include <random>
@@ -59,11 +60,15 @@ int main() {
       std::printf("small descriptor reported as not fitting\n");
       return 1;
     }
-    const GatherDividers dv(g);
+    // through a table record, as the kernels read it (the dividers are made on the host)
+    int64_t rec[kGatherDescWords];
+    store_gather_desc(g, rec);
+    const GatherDesc gt = load_gather_desc(rec);
+    const GatherDividers dv = load_gather_dividers(rec);
     const int64_t total = gather_rows(g) * g.C;
     for (int64_t e = 0; e < total; ++e) {
       const int64_t expect = gather_in_row(g, e / g.C) + e % g.C;
-      const int64_t got = gather_in_elem_u31(g, dv, static_cast<uint32_t>(e));
+      const int64_t got = gather_in_elem_u31(gt, dv, static_cast<uint32_t>(e));
       if (got != expect) {
         std::printf("trial %d element %lld: got %lld, expected %lld\n", trial,
                     static_cast<long long>(e), static_cast<long long>(got),
@@ -72,6 +77,16 @@ int main() {
       }
     }
   }
+  // An output of >= 2^31 elements keeps zero divider words (the kernels take int64 divisions).
+  GatherDesc big{};
+  big.A = 1; big.D1 = 1 << 16; big.B = 1; big.D2 = 1; big.C = 1 << 16; big.n1 = big.D1; big.n2 = 1;
+  int64_t rec[kGatherDescWords];
+  store_gather_desc(big, rec);
+  for (int i = 0; i < 4; ++i)
+    if (gather_fits_u31(big) || rec[kGatherDividerWord + i] != 0) {
+      std::printf("a large descriptor got divider words\n");
+      return 1;
+    }
   std::printf("gather_in_elem_u31 ok\n");
   return 0;
 }

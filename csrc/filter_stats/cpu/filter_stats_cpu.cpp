@@ -179,17 +179,10 @@ constexpr TaskFns fixed_t() {
 }
 
 TaskFns task_fns(int T) {
-  switch (T) {
-    case 1: return fixed_t<1>();
-    case 2: return fixed_t<2>();
-    case 3: return fixed_t<3>();
-    case 4: return fixed_t<4>();
-    case 5: return fixed_t<5>();
-    case 6: return fixed_t<6>();
-    case 7: return fixed_t<7>();
-    case 8: return fixed_t<8>();
-    default: return {&chunk_any_t, &store_row_any_t};
-  }
+  return with_task_layout(T, [](auto tl) -> TaskFns {
+    if constexpr (decltype(tl)::value == 0) return {&chunk_any_t, &store_row_any_t};
+    else return fixed_t<decltype(tl)::value>();
+  });
 }
 
 // Accumulates one filter (row) into acc (layout TL = T, see common.h), chunk by chunk; float16 and

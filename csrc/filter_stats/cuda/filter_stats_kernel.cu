@@ -186,21 +186,16 @@ cudaError_t launch(const FilterStatsTable& tab, int64_t rows, const FilterStatsO
 template <typename scalar_t>
 cudaError_t launch_t(const FilterStatsTable& tab, int64_t rows, const FilterStatsOut& out,
                      cudaStream_t s) {
-  switch (tab.num_tasks) {
-    case 1: return launch<scalar_t, 1>(tab, rows, out, s);
-    case 2: return launch<scalar_t, 2>(tab, rows, out, s);
-    case 3: return launch<scalar_t, 3>(tab, rows, out, s);
-    case 4: return launch<scalar_t, 4>(tab, rows, out, s);
-    case 5: return launch<scalar_t, 5>(tab, rows, out, s);
-    case 6: return launch<scalar_t, 6>(tab, rows, out, s);
-    case 7: return launch<scalar_t, 7>(tab, rows, out, s);
-    case 8: return launch<scalar_t, 8>(tab, rows, out, s);
-    default:
-      if (tab.num_tasks > TaskTiles::kTL) return cudaErrorInvalidValue;
+  if (tab.num_tasks < 1 || tab.num_tasks > TaskTiles::kTL) return cudaErrorInvalidValue;
+  return with_task_layout(tab.num_tasks, [&](auto tl) {
+    if constexpr (decltype(tl)::value == 0) {
       filter_stats_tiles_kernel<scalar_t>
           <<<static_cast<unsigned>(rows), kTileThreads, 0, s>>>(tab, out);
       return cudaGetLastError();
-  }
+    } else {
+      return launch<scalar_t, decltype(tl)::value>(tab, rows, out, s);
+    }
+  });
 }
 
 }  // namespace

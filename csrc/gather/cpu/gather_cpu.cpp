@@ -47,8 +47,9 @@ std::vector<at::Tensor> gather_cpu(const std::vector<at::Tensor>& xs,
                                    const std::vector<std::optional<at::Tensor>>& idx2,
                                    at::IntArrayRef dim1, at::IntArrayRef dim2) {
   std::vector<at::Tensor> outs;
-  at::Tensor table = build_gather_table(xs, idx1, idx2, dim1, dim2, outs);
-  TORCH_CHECK(xs[0].device().is_cpu(), "gather (CPU): tensors must be on the CPU");
+  TORCH_CHECK(!xs.empty() && xs[0].device().is_cpu(), "gather (CPU): tensors must be on the CPU");
+  // The threads split rows, not the table's blocks: its block map goes unused (block_elems 1).
+  at::Tensor table = build_gather_table(xs, idx1, idx2, dim1, dim2, 1, outs);
   const int64_t n = static_cast<int64_t>(xs.size());
   std::vector<GatherDesc> descs(n);
   std::vector<int64_t> starts(n + 1, 0);

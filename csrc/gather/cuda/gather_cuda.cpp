@@ -1,8 +1,6 @@
 // Thin CUDA binding of mtlkernels::gather: validate, build the tensor and block tables, launch.
 #include <torch/library.h>
 
-#include <cstring>
-
 #include "../../common/cuda_binding.h"
 #include "../../common/tables.h"
 
@@ -16,26 +14,14 @@ std::vector<at::Tensor> gather_cuda(const std::vector<at::Tensor>& xs,
   TORCH_CHECK(!xs.empty() && xs[0].is_cuda(), "gather (CUDA): tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(xs[0].device());
   std::vector<at::Tensor> outs;
-  at::Tensor descs = build_gather_table(xs, idx1, idx2, dim1, dim2, outs);
+  // One host buffer (common.h): records, block map, zero error word: one copy also clears the flag.
+  at::Tensor host = build_gather_table(xs, idx1, idx2, dim1, dim2, cuda::kGatherBlockElems, outs);
   const int64_t n = static_cast<int64_t>(xs.size());
-  // One host buffer: descriptors, the block prefix (blocks of kGatherBlockElems outputs), and the
-  // kernel's error word (zero), so that one copy also clears the flag.
-  const int64_t error_word = n * kGatherDescWords + n + 1;
-  at::Tensor host = at::empty({error_word + 1}, at::kLong);
-  int64_t* h = host.data_ptr<int64_t>();
-  std::memcpy(h, descs.data_ptr<int64_t>(), n * kGatherDescWords * sizeof(int64_t));
-  int64_t* starts = h + n * kGatherDescWords;
-  starts[0] = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const GatherDesc g = load_gather_desc(h + i * kGatherDescWords);
-    const int64_t elems = gather_rows(g) * g.C;
-    starts[i + 1] = starts[i] + (elems + cuda::kGatherBlockElems - 1) / cuda::kGatherBlockElems;
-  }
-  const int64_t blocks = starts[n];
-  h[error_word] = 0;
+  const int64_t blocks = host.data_ptr<int64_t>()[gather_error_word(n) - 1];  // block_starts[n]
   at::Tensor table = table_to_device(host, xs[0].device());
+  const int64_t error_word = gather_error_word(n);
   int64_t* d = table.data_ptr<int64_t>();
-  check_launch(cuda::launch_gather(d, d + n * kGatherDescWords, n, blocks, d + error_word,
+  check_launch(cuda::launch_gather(d, d + gather_block_starts_word(n), n, blocks, d + error_word,
                                    current_stream()),
                "gather kernel launch");
   // The read-back waits for the kernel (a sync per call): a bad index must raise, and only the

@@ -70,9 +70,8 @@ __global__ void __launch_bounds__(kGatherThreads)
     tensor = i;
     first_block = block_starts[i];
     for (int w = 0; w < kGatherDescWords; ++w) words[w] = descs[i * kGatherDescWords + w];
-    const GatherDesc g0 = load_gather_desc(words);
-    fits_u31 = gather_fits_u31(g0);
-    if (fits_u31) dividers = GatherDividers(g0);
+    fits_u31 = gather_fits_u31(load_gather_desc(words));
+    dividers = load_gather_dividers(words);  // made on the host (common.h table)
   }
   __syncthreads();
   const GatherDesc g = load_gather_desc(words);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MTL_HD __host__ __device__ __forceinline__
@@ -20,6 +21,28 @@ namespace mtlkernels {
 
 // Largest number of tasks the compiled kernels take (the T x T Gram lives in registers).
 constexpr int kMaxTasks = 16;
+// T = 1 .. kFixedTaskLayouts run kernel instances compiled for exactly T tasks (every accumulator
+// in registers, no padded task); larger T take one general path.
+constexpr int kFixedTaskLayouts = 8;
+
+// The one switch on T of the CPU and CUDA filter_stats (host code): f(std::integral_constant<int,
+// TL>) with TL = T for T <= kFixedTaskLayouts, TL = 0 (the general path) otherwise.
+template <typename F>
+inline auto with_task_layout(int T, F&& f) {
+  using std::integral_constant;
+  switch (T) {
+    case 1: return f(integral_constant<int, 1>{});
+    case 2: return f(integral_constant<int, 2>{});
+    case 3: return f(integral_constant<int, 3>{});
+    case 4: return f(integral_constant<int, 4>{});
+    case 5: return f(integral_constant<int, 5>{});
+    case 6: return f(integral_constant<int, 6>{});
+    case 7: return f(integral_constant<int, 7>{});
+    case 8: return f(integral_constant<int, 8>{});
+    default: return f(integral_constant<int, 0>{});
+  }
+}
+static_assert(kFixedTaskLayouts == 8, "with_task_layout lists the fixed layouts 1..8");
 
 // Index of the segment holding `item`, for ascending `starts[0..n]` with starts[0] == 0 and
 // starts[n] == total (binary search; n is the number of segments). Used for row -> layer of the
@@ -34,14 +57,16 @@ MTL_HD int64_t find_segment(const int64_t* starts, int64_t n, int64_t item) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Filter statistics: multi-layer table.
+// Filter statistics: multi-layer table, the one format of the CPU, CUDA and Triton kernels
+// (csrc/common/tables.cpp builds it; Triton gets it from torch.ops.mtlkernels._filter_stats_table).
 //
-// One int64 buffer describes every layer of a call (built on the host, copied to the device once
-// per call for CUDA):
+// One int64 buffer describes every layer of a call:
 //   [0 .. L]                    row_offsets (first output row of each layer; [L] = total rows F)
 //   [L+1 .. 2L]                 K of each layer (elements per filter)
 //   [2L+1 .. 3L]                address of each layer's weight
 //   [3L+1 .. 3L + L*T]          address of each (layer, task) gradient, layer-major
+// optionally followed (filter_stats_table_size(L, T, F)) by a row -> layer map of F int32 entries
+// packed two per word, for kernels that cannot afford a search per row (Triton).
 // ------------------------------------------------------------------------------------------------
 struct FilterStatsTable {
   const int64_t* data;
@@ -62,6 +87,10 @@ struct FilterStatsTable {
 
 MTL_HD int64_t filter_stats_table_size(int64_t num_layers, int num_tasks) {
   return 3 * num_layers + 1 + num_layers * num_tasks;
+}
+// With the int32 row -> layer map of num_rows entries after the words above.
+MTL_HD int64_t filter_stats_table_size(int64_t num_layers, int num_tasks, int64_t num_rows) {
+  return filter_stats_table_size(num_layers, num_tasks) + (num_rows + 1) / 2;
 }
 
 // Packed accumulator layout of one filter for a layout of TL tasks (TL >= the call's T):
@@ -238,7 +267,20 @@ struct GatherDesc {
   int64_t in, out;          // addresses of input / output data
   int64_t elem_size;        // bytes per element: 1, 2, 4 or 8 (the gather is a typeless copy)
 };
-constexpr int kGatherDescWords = 12;  // int64 words of one GatherDesc in a table
+
+// A gather call's table, the one format of the CPU, CUDA and Triton gathers (tables.cpp builds it;
+// Triton gets it from torch.ops.mtlkernels._gather_table), one int64 buffer:
+//   [0, n W)             one record of W = kGatherDescWords words per tensor: the 12 GatherDesc
+//                        words (load_gather_desc), then the multiply-high dividers of C, n2, B, n1
+//                        (each m | s << 32; zero when the output has >= 2^31 elements)
+//   [n W, n W + n]       block_starts: prefix sums of each tensor's blocks of block_elems outputs
+//   n W + n + 1          the error word, zero: a kernel sets it to i + 1 for a bad index of tensor i
+// so one host -> device copy carries the descriptors and the block map and clears the error word.
+constexpr int kGatherDescWords = 16;
+constexpr int kGatherDividerWord = 12;
+MTL_HD int64_t gather_block_starts_word(int64_t n) { return n * kGatherDescWords; }
+MTL_HD int64_t gather_error_word(int64_t n) { return n * kGatherDescWords + n + 1; }
+MTL_HD int64_t gather_table_size(int64_t n) { return gather_error_word(n) + 1; }
 
 MTL_HD int64_t gather_rows(const GatherDesc& g) { return g.A * g.n1 * g.B * g.n2; }
 
@@ -298,6 +340,14 @@ struct FastDivU31 {
     while (s < 31 && (uint32_t{1} << s) < d) ++s;
     m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << s) - d)) / d + 1);
   }
+  // One table word (m | s << 32), as the gather table stores it.
+  MTL_HD int64_t packed() const { return static_cast<int64_t>(m) | (static_cast<int64_t>(s) << 32); }
+  MTL_HD static FastDivU31 unpack(int64_t w) {
+    FastDivU31 d;
+    d.m = static_cast<uint32_t>(w & 0xffffffffLL);
+    d.s = static_cast<uint32_t>(w >> 32);
+    return d;
+  }
   MTL_HD uint32_t div(uint32_t n) const {
 #if defined(__CUDA_ARCH__)
     const uint32_t hi = __umulhi(n, m);
@@ -343,6 +393,27 @@ MTL_HD GatherDesc load_gather_desc(const int64_t* w) {
   g.n1 = w[5]; g.n2 = w[6]; g.idx1 = w[7]; g.idx2 = w[8]; g.in = w[9]; g.out = w[10];
   g.elem_size = w[11];
   return g;
+}
+
+// Writes one record of a gather table: the descriptor and, when it fits, its dividers.
+MTL_HD void store_gather_desc(const GatherDesc& g, int64_t* w) {
+  w[0] = g.A; w[1] = g.D1; w[2] = g.B; w[3] = g.D2; w[4] = g.C;
+  w[5] = g.n1; w[6] = g.n2; w[7] = g.idx1; w[8] = g.idx2; w[9] = g.in; w[10] = g.out;
+  w[11] = g.elem_size;
+  int64_t* d = w + kGatherDividerWord;
+  d[0] = d[1] = d[2] = d[3] = 0;
+  if (!gather_fits_u31(g)) return;
+  const GatherDividers dv(g);
+  d[0] = dv.c.packed(); d[1] = dv.n2.packed(); d[2] = dv.b.packed(); d[3] = dv.n1.packed();
+}
+
+MTL_HD GatherDividers load_gather_dividers(const int64_t* w) {
+  GatherDividers dv;
+  dv.c = FastDivU31::unpack(w[kGatherDividerWord]);
+  dv.n2 = FastDivU31::unpack(w[kGatherDividerWord + 1]);
+  dv.b = FastDivU31::unpack(w[kGatherDividerWord + 2]);
+  dv.n1 = FastDivU31::unpack(w[kGatherDividerWord + 3]);
+  return dv;
 }
 
 }  // namespace mtlkernels

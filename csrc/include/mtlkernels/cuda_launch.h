@@ -28,9 +28,9 @@ cudaError_t launch_channel_contrib(const void* a, const void* d, DType dtype, in
 // How many position splits launch_channel_contrib will use for these sizes.
 int channel_contrib_splits(int64_t N, int64_t C, int64_t S, bool spatial_major, int num_sms);
 
-// d_descs: num_tensors GatherDesc records (kGatherDescWords int64 words each); d_block_starts:
-// num_tensors + 1 prefix sums of each tensor's block count (blocks of kGatherBlockElems outputs);
-// *d_error (zero before the launch) becomes i + 1 when an index of tensor i is out of range.
+// The parts of a gather table (common.h) built with block_elems = kGatherBlockElems, in device
+// memory: d_descs its records, d_block_starts its block map, *d_error its error word (zero before
+// the launch; becomes i + 1 when an index of tensor i is out of range).
 constexpr int kGatherThreads = 256;
 constexpr int kGatherItems = 8;
 constexpr int64_t kGatherBlockElems = kGatherThreads * kGatherItems;
