@@ -108,3 +108,28 @@ def test_nyuv2_clear_errors(tmp_path):
         NYUv2(tmp_path, "train")
     with pytest.raises(ValueError, match="data-root"):
         build_dataset("nyuv2", "train")
+
+
+def test_nyuv2_40_classes(tmp_path):
+    """The authors' 40-class labels: 0..39 kept, 40+ and 255 ignored; 13 keeps the MTAN layout's rule."""
+    from mtlkernels.study.data import IGNORE_INDEX
+
+    _write_nyu(tmp_path, "train", 1, h=4, w=4)
+    lab = np.array([[0, 12, 13, 39], [40, 255, -1, 5], [1, 2, 3, 4], [6, 7, 8, 9]], np.float32)
+    np.save(tmp_path / "train" / "label" / "0.npy", lab)
+    d40 = NYUv2(tmp_path, "train", classes=40)
+    d13 = NYUv2(tmp_path, "train", classes=13)
+    assert d40.num_classes == 40 and len(d40.class_names) == 40 and d13.num_classes == 13
+    s40, s13 = d40.get(slice(0, 1))["seg"][0], d13.get(slice(0, 1))["seg"][0]
+    assert s40[0].tolist() == [0, 12, 13, 39] and s40[1, :3].tolist() == [IGNORE_INDEX] * 3
+    assert s13[0].tolist() == [0, 12, IGNORE_INDEX, IGNORE_INDEX]
+    assert build_dataset("nyuv2", "train", root=str(tmp_path), classes=40).num_classes == 40
+
+
+def test_paper_preset_is_the_authors_schedule():
+    from mtlkernels.study import make_config
+
+    c = make_config("paper", data_root="/x")
+    assert (c.width, c.bn, c.pools, c.head, c.rates, c.init) == (1.0, False, 5, "deeplab", [1, 2, 4, 6], "kaiming")
+    assert (c.prune_amount, c.prune_every, c.prune_optimizer, c.prune_lr) == (100, 500, "adamw", 5e-5)
+    assert c.nyu_classes == 40 and c.dataset == "nyuv2"

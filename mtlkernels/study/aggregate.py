@@ -48,6 +48,7 @@ def summarize(seeds: List[Dict[str, Any]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"n_seeds": len(seeds), "seeds": [s["config"]["seed"] for s in seeds],
                            "baseline": {"metrics": _metric_cis(bases, tasks),
                                         "params_total": mean_ci([b["params_total"] for b in bases])},
+                           "trivial": _metric_cis([s["trivial"] for s in seeds if s.get("trivial")], tasks),
                            "levels": []}
     controls = [s["control"] for s in seeds if s.get("control")]
     if controls:

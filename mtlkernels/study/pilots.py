@@ -30,6 +30,8 @@ PILOTS: Dict[str, Dict[str, Any]] = {
                      seeds=[0], ref="base-300"),
     "base-600-nodrop": dict(why="head dropout 0 instead of the authors' 0.5", over=dict(train_steps=600, dropout=0.0),
                             stages=["train"], seeds=[0], ref="base-300"),
+    "base-300-nodrop": dict(why="head dropout 0 at the default budget", over=dict(train_steps=300, dropout=0.0),
+                            stages=["train"], seeds=[0], ref="base-300"),
     "base-300-lr5-nodrop": dict(why="faster learning: lr 5e-3, no dropout",
                                 over=dict(train_steps=300, lr=5e-3, dropout=0.0), stages=["train"], seeds=[0],
                                 ref="base-300"),

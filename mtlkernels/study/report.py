@@ -194,11 +194,12 @@ def _report_setup(res) -> List[str]:
 
 
 def _report_baseline(res, summary, h: str = "##") -> List[str]:
-    tasks, triv = res_tasks(res), seed_results(res)[0].get("trivial")
-    L = [f"{h} Baseline vs trivial predictors\n", "| task | metric | trivial | baseline |", "|---|---|---|---|"]
+    tasks, triv = res_tasks(res), summary.get("trivial", {})
+    L = [f"{h} Baseline vs trivial predictors\n", "| task | metric | trivial (majority class, mean depth, mean "
+         "normal) | baseline |", "|---|---|---|---|"]
     for t in tasks:
         for k in M.METRICS[t]:
-            tv = f"{triv['metrics'][t][k]:.3f}" if triv else "n/a"
+            tv = _ci(triv[t][k], ".3f") if t in triv else "n/a"
             L.append(f"| {t} | {METRIC_LABEL[k]} | {tv} | {_ci(summary['baseline']['metrics'][t][k], '.3f')} |")
     if summary.get("control"):
         L.append(f"\nControl (the unpruned architecture re-initialised and retrained with the same budget): delta_m "
@@ -307,8 +308,11 @@ def readme_section(res, results_path: str, figure: Optional[str] = None) -> str:
     """The README's results block: every number from ``res`` (the committed results file)."""
     summary, f = res.get("summary") or summarize(seed_results(res)), res.get("findings") or findings(res)
     cfg = res["config"]
+    wall = res.get("wall_seconds")
     L = [README_BEGIN, "", f"Generated from `{results_path}` ({summary['n_seeds']} seeds, preset `{cfg['preset']}`, "
-         f"x{cfg['width']}-width {cfg['model']}, {cfg['train_steps']} baseline steps).", ""]
+         f"x{cfg['width']}-width {cfg['model']}, {cfg['train_steps']} baseline steps"
+         + (f"; the run took {wall / 60:.1f} min of wall time, from its start to the last seed's last log line"
+            if wall else "") + ").", ""]
     L += _report_baseline(res, summary, "####") + _report_levels(res, summary, "####")
     L += _report_findings(res, f, "####")
     if figure:

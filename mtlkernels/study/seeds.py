@@ -105,7 +105,11 @@ def collect_seeds(out) -> Dict[str, Any]:
     seeds = [r for r in seeds if r.get("baseline")]
     if not seeds:
         raise StudyInputError(f"--out {out}: no seed has a finished baseline yet")
-    return {"config": meta["config"], "tasks": seeds[0]["tasks"], "seeds": seeds}
+    # wall time of the runs: from study.json (written once, when the first run starts) to the last line
+    # any seed logged (its final evaluation); the parent's report writing, seconds, is not included
+    logs = [seed_dir(out, s) / "log.txt" for s in meta["seeds"] if (seed_dir(out, s) / "log.txt").exists()]
+    wall = max(p.stat().st_mtime for p in logs) - (out / "study.json").stat().st_mtime if logs else None
+    return {"config": meta["config"], "tasks": seeds[0]["tasks"], "seeds": seeds, "wall_seconds": wall}
 
 
 def _main(argv: List[str]) -> int:
