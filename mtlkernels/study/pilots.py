@@ -22,6 +22,10 @@ __all__ = ["PILOTS", "run_pilots", "pilot_table", "PILOTS_JSON"]
 
 PILOTS_JSON = "docs/study_pilots.json"
 
+#: the demo settings the pilots ran with, pinned: a later change of the demo's defaults must not change
+#: a pilot (its folder would refuse to resume, and its numbers would no longer be what the table says)
+PILOT_BASE: Dict[str, Any] = dict(levels=[0.5, 0.8, 0.93], prune_every=4, prune_amount=13, level_ft_steps=20)
+
 #: name -> (what it asks, overrides of the demo preset, stages, seeds, reference pilot of its baseline)
 PILOTS: Dict[str, Dict[str, Any]] = {
     "base-300": dict(why="baseline at the default budget; seed noise", over=dict(train_steps=300),
@@ -49,7 +53,7 @@ def run_pilots(out: Path, names: Optional[List[str]] = None, jobs: int = 2) -> D
     for name, p in PILOTS.items():
         if names and name not in names:
             continue
-        cfg = make_config("demo", threads=1, **p["over"])
+        cfg = make_config("demo", threads=1, **dict(PILOT_BASE, **p["over"]))
         run_seeds(cfg, Path(out) / name, p["seeds"], p["stages"], jobs=jobs)
         res = collect_seeds(Path(out) / name)
         atomic_write_text(Path(out) / name / "pilot.json", json.dumps(
