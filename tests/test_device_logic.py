@@ -6,6 +6,9 @@
 - ``tests/cpp/task_tiles.cpp`` runs the CUDA filter_stats path for T = 9..16 (common.h TaskTiles:
   task tiles split across 5 warps) on simulated lanes: every accumulator has one owner, every
   output is written and exact for T = 9..16.
+- ``tests/cpp/filter_stats_chunks.cpp`` checks the CUDA filter_stats launch in chunks of whole
+  layers (the table is a kernel parameter of bounded size): every row read through its chunk's
+  table and output pointers is the row the whole table gives.
 - ``tests/cpp/gather_index.cpp`` checks the gather kernel's multiply-high divisions (FastDivU31)
   against ``/`` and its per-element input offsets against the row math the CPU kernel uses.
 """
@@ -45,3 +48,8 @@ def test_gather_fast_index(tmp_path):
 def test_task_tiles(tmp_path):
     out = _build_and_run("task_tiles", tmp_path)
     assert "ownership ok" in out and "rows ok" in out, out
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+def test_filter_stats_chunks(tmp_path):
+    assert "chunks ok" in _build_and_run("filter_stats_chunks", tmp_path)

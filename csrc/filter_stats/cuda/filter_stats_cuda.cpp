@@ -1,4 +1,4 @@
-// Thin CUDA binding of mtlkernels::filter_stats: validate, build the layer table, launch.
+// Thin CUDA binding of mtlkernels::filter_stats: validate, build the layer table (host), launch.
 #include <torch/library.h>
 
 #include "../../common/cuda_binding.h"
@@ -14,11 +14,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> filter_st
   const auto& w0 = weights[0];
   TORCH_CHECK(w0.is_cuda(), "filter_stats (CUDA): tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(w0.device());
+  // The table stays on the host: the launches take it as a kernel parameter (no device copy).
   at::Tensor host = build_filter_stats_table(weights, grads, form);
   const int64_t rows = host.data_ptr<int64_t>()[weights.size()];
-  at::Tensor table = table_to_device(host, w0.device());
   auto outs = alloc_filter_stats(rows, T, w0.options());
-  check_launch(cuda::launch_filter_stats(table.data_ptr<int64_t>(), weights.size(), T, rows,
+  check_launch(cuda::launch_filter_stats(host.data_ptr<int64_t>(), weights.size(), T,
                                          cuda_dtype(w0.scalar_type()), filter_stats_out(outs),
                                          current_stream()),
                "filter_stats kernel launch");

@@ -1,7 +1,10 @@
 // CUDA kernel of mtlkernels::filter_stats: every filter of every layer in ONE launch.
 //
-// One block per filter row (rows of all layers are numbered 0..F-1; a block finds its layer in the
-// device-side table by binary search, common.h). Threads stride over the row's K elements with
+// One block per filter row (rows of all layers are numbered 0..F-1). The layer table (common.h) is
+// a __grid_constant__ kernel parameter, not device memory: no per-call pinned copy, and a block's
+// search for its layer reads the constant bank (uniform across the block) instead of making 4-8
+// dependent global loads before its first data load. A table larger than one parameter is
+// launched in chunks of whole layers (common.h filter_stats_chunk_table). Threads stride over the row's K elements with
 // 16-byte loads of the weight and the T gradient rows, keep the T + T(T+1) + 2 accumulators in
 // registers, then reduce them across the block (a warp reduce-scatter, then shared memory) and
 // store them through the epilogue shared with the CPU kernel (store_filter_acc). Bytes read are the
@@ -16,6 +19,18 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
+
+// The table as a kernel parameter, in two sizes so that small calls do not ship 32 KB per launch.
+// The other parameters take < 64 B. Small: under the 4 KB parameter limit every CUDA version has
+// (VGG16, T = 3: 79 words). Large: under the 32,764 B limit of CUDA >= 12.1 on sm_70+ (torch
+// 2.11+cu130 builds with CUDA 13.0; setup.py targets sm_80+): ResNet-152 (155 layers) at T = 16 is
+// 2,946 words, one launch. Bigger tables take several launches.
+template <int kWords>
+struct ParamTable {
+  int64_t w[kWords];
+};
+constexpr int kSmallTableWords = 496;   // 3,968 B
+constexpr int kLargeTableWords = 4064;  // 32,512 B
 
 // TL: compile-time task layout = the call's T (1..8), every accumulator in registers. T = 9..16
 // take filter_stats_tiles_kernel below.
@@ -41,9 +56,11 @@ __device__ __forceinline__ void accumulate(float* acc, float w, const float* g) 
   acc[TL + 2 * P + 1] += fabsf(w);
 }
 
-template <typename scalar_t, int TL>
+template <typename scalar_t, int TL, int kWords>
 __global__ void __launch_bounds__(kThreads)
-    filter_stats_kernel(FilterStatsTable tab, FilterStatsOut out) {
+    filter_stats_kernel(const __grid_constant__ ParamTable<kWords> p, int64_t num_layers,
+                        int num_tasks, FilterStatsOut out) {
+  const FilterStatsTable tab{p.w, num_layers, num_tasks};
   constexpr int NA = num_acc(TL);
   constexpr int VEC = 16 / sizeof(scalar_t);
   const int64_t row = blockIdx.x;
@@ -129,10 +146,12 @@ __device__ __forceinline__ void load_strip(float (*sg)[kStrip], float* sw,
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int kWords>
 __global__ void __launch_bounds__(kTileThreads)
-    filter_stats_tiles_kernel(FilterStatsTable tab, FilterStatsOut out) {
+    filter_stats_tiles_kernel(const __grid_constant__ ParamTable<kWords> p, int64_t num_layers,
+                              int num_tasks, FilterStatsOut out) {
   using TT = TaskTiles;
+  const FilterStatsTable tab{p.w, num_layers, num_tasks};
   __shared__ float sg[TT::kTL][kStrip];
   __shared__ float sw[kStrip];
   __shared__ const scalar_t* rows[TT::kTL];
@@ -176,38 +195,55 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-template <typename scalar_t, int TL>
-cudaError_t launch(const FilterStatsTable& tab, int64_t rows, const FilterStatsOut& out,
-                   cudaStream_t stream) {
-  filter_stats_kernel<scalar_t, TL><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(tab, out);
-  return cudaGetLastError();
+// One launch of the chunk in p: T picks the instance (with_task_layout, common.h).
+template <typename scalar_t, int kWords>
+cudaError_t launch_chunk(const ParamTable<kWords>& p, int64_t layers, int T, int64_t rows,
+                         const FilterStatsOut& out, cudaStream_t s) {
+  const unsigned grid = static_cast<unsigned>(rows);
+  return with_task_layout(T, [&](auto tl) {
+    if constexpr (decltype(tl)::value == 0)
+      filter_stats_tiles_kernel<scalar_t, kWords><<<grid, kTileThreads, 0, s>>>(p, layers, T, out);
+    else
+      filter_stats_kernel<scalar_t, decltype(tl)::value, kWords>
+          <<<grid, kThreads, 0, s>>>(p, layers, T, out);
+    return cudaGetLastError();
+  });
 }
 
+// The call in chunks of whole layers whose tables fit a parameter (one chunk unless > 4,064 words).
 template <typename scalar_t>
-cudaError_t launch_t(const FilterStatsTable& tab, int64_t rows, const FilterStatsOut& out,
-                     cudaStream_t s) {
-  if (tab.num_tasks < 1 || tab.num_tasks > TaskTiles::kTL) return cudaErrorInvalidValue;
-  return with_task_layout(tab.num_tasks, [&](auto tl) {
-    if constexpr (decltype(tl)::value == 0) {
-      filter_stats_tiles_kernel<scalar_t>
-          <<<static_cast<unsigned>(rows), kTileThreads, 0, s>>>(tab, out);
-      return cudaGetLastError();
+cudaError_t launch_chunks(const FilterStatsTable& full, const FilterStatsOut& out,
+                          cudaStream_t s) {
+  static thread_local ParamTable<kLargeTableWords> large;  // 32 KB: off the caller's stack
+  ParamTable<kSmallTableWords> small;
+  const int T = full.num_tasks;
+  const int64_t* off = full.row_offsets();
+  for (int64_t l0 = 0, l1; l0 < full.num_layers; l0 = l1) {
+    l1 = filter_stats_chunk_end(full, l0, kLargeTableWords);
+    const int64_t rows = off[l1] - off[l0];
+    if (rows > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+    const FilterStatsOut o = filter_stats_out_at(out, off[l0], T);
+    cudaError_t err;
+    if (filter_stats_table_size(l1 - l0, T) <= kSmallTableWords) {
+      filter_stats_chunk_table(full, l0, l1, small.w);
+      err = launch_chunk<scalar_t>(small, l1 - l0, T, rows, o, s);
     } else {
-      return launch<scalar_t, decltype(tl)::value>(tab, rows, out, s);
+      filter_stats_chunk_table(full, l0, l1, large.w);
+      err = launch_chunk<scalar_t>(large, l1 - l0, T, rows, o, s);
     }
-  });
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace
 
-cudaError_t launch_filter_stats(const int64_t* d_table, int64_t num_layers, int num_tasks,
-                                int64_t num_rows, DType dtype, FilterStatsOut out,
-                                cudaStream_t stream) {
-  if (num_rows <= 0) return cudaSuccess;
-  if (num_rows > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  const FilterStatsTable tab{d_table, num_layers, num_tasks};
+cudaError_t launch_filter_stats(const int64_t* h_table, int64_t num_layers, int num_tasks,
+                                DType dtype, FilterStatsOut out, cudaStream_t stream) {
+  if (num_tasks < 1 || num_tasks > kMaxTasks) return cudaErrorInvalidValue;
+  const FilterStatsTable full{h_table, num_layers, num_tasks};
   return dispatch_dtype(dtype, [&](auto tag) {
-    return launch_t<decltype(tag)>(tab, num_rows, out, stream);
+    return launch_chunks<decltype(tag)>(full, out, stream);
   });
 }
 

@@ -93,6 +93,30 @@ MTL_HD int64_t filter_stats_table_size(int64_t num_layers, int num_tasks, int64_
   return filter_stats_table_size(num_layers, num_tasks) + (num_rows + 1) / 2;
 }
 
+// A call's table in pieces of whole layers, for kernels that take the table as a kernel parameter
+// of bounded size (CUDA: __grid_constant__, no device copy and no search in global memory): a
+// chunk [l0, l1) gets its own table (rows renumbered from the chunk's first row) and its own
+// launch, with the output pointers advanced to that row (filter_stats_out_at).
+// End l1 of the chunk that starts at l0: as many layers as fit max_words (>= 4 + T), at least one.
+MTL_HD int64_t filter_stats_chunk_end(const FilterStatsTable& t, int64_t l0, int64_t max_words) {
+  const int64_t fit = (max_words - 1) / (3 + t.num_tasks);
+  const int64_t l1 = l0 + (fit > 1 ? fit : 1);
+  return l1 < t.num_layers ? l1 : t.num_layers;
+}
+
+// Writes the table of layers [l0, l1) of t to dst (filter_stats_table_size(l1 - l0, T) words).
+MTL_HD void filter_stats_chunk_table(const FilterStatsTable& t, int64_t l0, int64_t l1,
+                                     int64_t* dst) {
+  const int64_t n = l1 - l0, T = t.num_tasks;
+  const int64_t* off = t.row_offsets();
+  for (int64_t i = 0; i <= n; ++i) dst[i] = off[l0 + i] - off[l0];
+  for (int64_t i = 0; i < n; ++i) {
+    dst[n + 1 + i] = t.k(l0 + i);
+    dst[2 * n + 1 + i] = t.weight_addr(l0 + i);
+    for (int64_t k = 0; k < T; ++k) dst[3 * n + 1 + i * T + k] = t.grad_addr(l0 + i, static_cast<int>(k));
+  }
+}
+
 // Packed accumulator layout of one filter for a layout of TL tasks (TL >= the call's T):
 //   [0, TL)                 dot[t]
 //   [TL, TL + P)            gram upper triangle (i <= j), row-major, P = TL (TL + 1) / 2
@@ -112,6 +136,12 @@ struct FilterStatsOut {
   float* wabs;  // [F]
   float* wg2;   // [F, T, T]
 };
+
+// The outputs from row `row` on (a chunk's first row).
+MTL_HD FilterStatsOut filter_stats_out_at(const FilterStatsOut& o, int64_t row, int T) {
+  return FilterStatsOut{o.dot + row * T, o.gram + row * T * T, o.wsq + row, o.wabs + row,
+                        o.wg2 + row * T * T};
+}
 
 // The epilogue: store accumulator `a` (layout TL) of filter `row` for a call with T tasks,
 // mirroring the symmetric T x T blocks. Accumulators of padded tasks (index >= T) are dropped.

@@ -14,10 +14,10 @@ namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// d_table: the FilterStatsTable words (common.h) in device memory; one block per filter row.
-cudaError_t launch_filter_stats(const int64_t* d_table, int64_t num_layers, int num_tasks,
-                                int64_t num_rows, DType dtype, FilterStatsOut out,
-                                cudaStream_t stream);
+// h_table: the FilterStatsTable words (common.h) in HOST memory: the launches take it (in chunks
+// of whole layers) as a kernel parameter, so it may be freed once this returns. One block per row.
+cudaError_t launch_filter_stats(const int64_t* h_table, int64_t num_layers, int num_tasks,
+                                DType dtype, FilterStatsOut out, cudaStream_t stream);
 
 // a, d: [N, C, S] with element strides sa/sd; writes partial[splits, C] (float64: exact products,
 // summed in double), which the caller sums over splits (deterministic, no atomics) and rounds to
