@@ -1,14 +1,15 @@
 // CUDA kernel of mtlkernels::filter_stats: every filter of every layer in ONE launch.
 //
-// One block per filter row (rows of all layers are numbered 0..F-1). The layer table (common.h) is
+// One block per filter row (rows of all layers are numbered 0..F-1), or for T <= 8 one warp per
+// row of K <= kShortRowK elements (common.h filter_stats_block_map). The layer table (common.h) is
 // a __grid_constant__ kernel parameter, not device memory: no per-call pinned copy, and a block's
 // search for its layer reads the constant bank (uniform across the block) instead of making 4-8
 // dependent global loads before its first data load. A table larger than one parameter is
-// launched in chunks of whole layers (common.h filter_stats_chunk_table). Threads stride over the row's K elements with
-// 16-byte loads of the weight and the T gradient rows, keep the T + T(T+1) + 2 accumulators in
-// registers, then reduce them across the block (a warp reduce-scatter, then shared memory) and
-// store them through the epilogue shared with the CPU kernel (store_filter_acc). Bytes read are the
-// minimum: (T + 1) x weights x element size, once.
+// launched in chunks of whole layers (common.h filter_stats_chunk_table). Threads stride over the
+// row's K elements with 16-byte loads of the weight and the T gradient rows, keep the
+// T + T(T+1) + 2 accumulators in registers, then reduce them (a warp reduce-scatter, then shared
+// memory across a long row's warps) and store them through the epilogue shared with the CPU
+// kernel (store_filter_acc). Bytes read are the minimum: (T + 1) x weights x element size, once.
 #include <cstdint>
 
 #include "mtlkernels/cuda_utils.cuh"
@@ -56,16 +57,13 @@ __device__ __forceinline__ void accumulate(float* acc, float w, const float* g) 
   acc[TL + 2 * P + 1] += fabsf(w);
 }
 
-template <typename scalar_t, int TL, int kWords>
-__global__ void __launch_bounds__(kThreads)
-    filter_stats_kernel(const __grid_constant__ ParamTable<kWords> p, int64_t num_layers,
-                        int num_tasks, FilterStatsOut out) {
-  const FilterStatsTable tab{p.w, num_layers, num_tasks};
-  constexpr int NA = num_acc(TL);
+// One thread's share of a row: elements start, start + stride, ... (16-byte vectors of VEC when
+// every row is aligned) into acc. stride = the threads on the row: a warp (short rows) or a block.
+template <typename scalar_t, int TL>
+__device__ __forceinline__ void accumulate_row(float* acc, const FilterStatsTable& tab, int64_t l,
+                                               int64_t row, int start, int stride) {
   constexpr int VEC = 16 / sizeof(scalar_t);
-  const int64_t row = blockIdx.x;
   const int T = tab.num_tasks;
-  const int64_t l = tab.layer_of_row(row);
   const int64_t K = tab.k(l);
   const int64_t local = row - tab.row_offsets()[l];
   const scalar_t* w = reinterpret_cast<const scalar_t*>(tab.weight_addr(l)) + local * K;
@@ -76,16 +74,11 @@ __global__ void __launch_bounds__(kThreads)
     g[i] = i < T ? reinterpret_cast<const scalar_t*>(tab.grad_addr(l, i)) + local * K : w;
     aligned &= (reinterpret_cast<uintptr_t>(g[i]) & 15) == 0;
   }
-
-  float acc[NA];
-#pragma unroll
-  for (int a = 0; a < NA; ++a) acc[a] = 0.f;
   float gf[TL];
-
   int64_t k_tail = 0;
   if (aligned) {  // 16-byte loads
     k_tail = (K / VEC) * VEC;
-    for (int64_t k = static_cast<int64_t>(threadIdx.x) * VEC; k < k_tail; k += kThreads * VEC) {
+    for (int64_t k = static_cast<int64_t>(start) * VEC; k < k_tail; k += stride * VEC) {
       uint4 wv = __ldg(reinterpret_cast<const uint4*>(w + k));
       uint4 gv[TL];
 #pragma unroll
@@ -100,21 +93,49 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  for (int64_t k = k_tail + threadIdx.x; k < K; k += kThreads) {
+  for (int64_t k = k_tail + start; k < K; k += stride) {
 #pragma unroll
     for (int i = 0; i < TL; ++i) gf[i] = i < T ? to_float(g[i][k]) : 0.f;
     accumulate<TL>(acc, to_float(w[k]), gf);
   }
+}
 
-  // Block reduction: a reduce-scatter within each warp (common.h: 31 M shuffles rather than 5 per
-  // accumulator), then across the warps through shared memory.
-  constexpr int M = (NA + 31) / 32;
-  __shared__ float part[kWarps][32 * M];
+// T = 1..8. The table's block map (common.h filter_stats_block_map) gives a block either one long
+// row (all kThreads threads) or kWarps short rows (K <= kShortRowK, one warp each).
+template <typename scalar_t, int TL, int kWords>
+__global__ void __launch_bounds__(kThreads)
+    filter_stats_kernel(const __grid_constant__ ParamTable<kWords> p, int64_t num_layers,
+                        int num_tasks, FilterStatsOut out) {
+  const FilterStatsTable tab{p.w, num_layers, num_tasks};
+  const int64_t* block_map = p.w + filter_stats_table_size(num_layers, num_tasks);
+  constexpr int NA = num_acc(TL);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int64_t l;
+  const int64_t row = filter_stats_block_row(tab, block_map, kWarps, blockIdx.x, warp, &l);
+  if (row < 0) return;  // a warp past its layer's last short row (never in a long row's block)
+  const bool short_rows = filter_stats_short_rows(tab, l);  // the same for the whole block
+  float acc[NA];
+#pragma unroll
+  for (int a = 0; a < NA; ++a) acc[a] = 0.f;
+  accumulate_row<scalar_t, TL>(acc, tab, l, row, short_rows ? lane : threadIdx.x,
+                               short_rows ? 32 : kThreads);
+
+  // A reduce-scatter within each warp (common.h: 31 M shuffles rather than 5 per accumulator);
+  // a short row is then done, a long row sums its warps through shared memory.
+  constexpr int M = (NA + 31) / 32;
   float red[32 * M];
 #pragma unroll
   for (int a = 0; a < 32 * M; ++a) red[a] = a < NA ? acc[a] : 0.f;
   warp_reduce_scatter<M>(red, lane);
+  if (short_rows) {
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      const int a = WarpReduceScatter<M>::value_index(lane, i);
+      if (a < NA) store_filter_acc(out, row, TL, num_tasks, a, red[i]);
+    }
+    return;
+  }
+  __shared__ float part[kWarps][32 * M];
 #pragma unroll
   for (int i = 0; i < M; ++i) part[warp][WarpReduceScatter<M>::value_index(lane, i)] = red[i];
   __syncthreads();
@@ -122,7 +143,7 @@ __global__ void __launch_bounds__(kThreads)
     float v = 0.f;
 #pragma unroll
     for (int q = 0; q < kWarps; ++q) v += part[q][a];
-    store_filter_acc(out, row, TL, T, a, v);
+    store_filter_acc(out, row, TL, num_tasks, a, v);
   }
 }
 
@@ -195,17 +216,27 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-// One launch of the chunk in p: T picks the instance (with_task_layout, common.h).
+// One launch of the chunk in p: T picks the instance (with_task_layout, common.h). The T = 1..8
+// kernel takes the block map after the table (its grid: the map's last word), the tile kernel a
+// block per row.
 template <typename scalar_t, int kWords>
-cudaError_t launch_chunk(const ParamTable<kWords>& p, int64_t layers, int T, int64_t rows,
-                         const FilterStatsOut& out, cudaStream_t s) {
-  const unsigned grid = static_cast<unsigned>(rows);
+cudaError_t launch_chunk(ParamTable<kWords>& p, const FilterStatsTable& full, int64_t l0,
+                         int64_t l1, const FilterStatsOut& out, cudaStream_t s) {
+  const int T = full.num_tasks;
+  const int64_t n = l1 - l0;
+  filter_stats_chunk_table(full, l0, l1, p.w);
+  const FilterStatsTable chunk{p.w, n, T};
+  int64_t* block_map = p.w + filter_stats_table_size(n, T);
+  filter_stats_block_map(chunk, kWarps, block_map);
+  const int64_t blocks = T <= kFixedTaskLayouts ? block_map[n] : chunk.num_rows();
+  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  const unsigned grid = static_cast<unsigned>(blocks);
   return with_task_layout(T, [&](auto tl) {
     if constexpr (decltype(tl)::value == 0)
-      filter_stats_tiles_kernel<scalar_t, kWords><<<grid, kTileThreads, 0, s>>>(p, layers, T, out);
+      filter_stats_tiles_kernel<scalar_t, kWords><<<grid, kTileThreads, 0, s>>>(p, n, T, out);
     else
       filter_stats_kernel<scalar_t, decltype(tl)::value, kWords>
-          <<<grid, kThreads, 0, s>>>(p, layers, T, out);
+          <<<grid, kThreads, 0, s>>>(p, n, T, out);
     return cudaGetLastError();
   });
 }
@@ -220,17 +251,10 @@ cudaError_t launch_chunks(const FilterStatsTable& full, const FilterStatsOut& ou
   const int64_t* off = full.row_offsets();
   for (int64_t l0 = 0, l1; l0 < full.num_layers; l0 = l1) {
     l1 = filter_stats_chunk_end(full, l0, kLargeTableWords);
-    const int64_t rows = off[l1] - off[l0];
-    if (rows > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
     const FilterStatsOut o = filter_stats_out_at(out, off[l0], T);
-    cudaError_t err;
-    if (filter_stats_table_size(l1 - l0, T) <= kSmallTableWords) {
-      filter_stats_chunk_table(full, l0, l1, small.w);
-      err = launch_chunk<scalar_t>(small, l1 - l0, T, rows, o, s);
-    } else {
-      filter_stats_chunk_table(full, l0, l1, large.w);
-      err = launch_chunk<scalar_t>(large, l1 - l0, T, rows, o, s);
-    }
+    const bool fits_small = filter_stats_table_size(l1 - l0, T) + (l1 - l0) + 1 <= kSmallTableWords;
+    const cudaError_t err = fits_small ? launch_chunk<scalar_t>(small, full, l0, l1, o, s)
+                                       : launch_chunk<scalar_t>(large, full, l0, l1, o, s);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

@@ -97,9 +97,10 @@ MTL_HD int64_t filter_stats_table_size(int64_t num_layers, int num_tasks, int64_
 // of bounded size (CUDA: __grid_constant__, no device copy and no search in global memory): a
 // chunk [l0, l1) gets its own table (rows renumbered from the chunk's first row) and its own
 // launch, with the output pointers advanced to that row (filter_stats_out_at).
-// End l1 of the chunk that starts at l0: as many layers as fit max_words (>= 4 + T), at least one.
+// End l1 of the chunk that starts at l0: as many layers as fit max_words (>= 6 + T) with the
+// chunk's block map (filter_stats_block_map: one more word per layer, plus one), at least one.
 MTL_HD int64_t filter_stats_chunk_end(const FilterStatsTable& t, int64_t l0, int64_t max_words) {
-  const int64_t fit = (max_words - 1) / (3 + t.num_tasks);
+  const int64_t fit = (max_words - 2) / (4 + t.num_tasks);
   const int64_t l1 = l0 + (fit > 1 ? fit : 1);
   return l1 < t.num_layers ? l1 : t.num_layers;
 }
@@ -136,6 +137,34 @@ struct FilterStatsOut {
   float* wabs;  // [F]
   float* wg2;   // [F, T, T]
 };
+
+// CUDA filter_stats blocks: a row of at most kShortRowK elements (half of ResNet-152's rows have
+// K = 256) takes one warp, `warps` rows per block, since a 128-thread block on it would leave half
+// to three quarters of its threads without a 16-byte load; a longer row takes a whole block. The
+// block map (after a chunk's table) gives each layer's first block; [n] is the grid size.
+constexpr int64_t kShortRowK = 1024;
+MTL_HD bool filter_stats_short_rows(const FilterStatsTable& t, int64_t l) { return t.k(l) <= kShortRowK; }
+
+MTL_HD void filter_stats_block_map(const FilterStatsTable& t, int warps, int64_t* dst) {
+  const int64_t* off = t.row_offsets();
+  dst[0] = 0;
+  for (int64_t l = 0; l < t.num_layers; ++l) {
+    const int64_t rows = off[l + 1] - off[l];
+    dst[l + 1] = dst[l] + (filter_stats_short_rows(t, l) ? (rows + warps - 1) / warps : rows);
+  }
+}
+
+// The row warp `warp` of block `block` works on, its layer in *layer; -1 when that warp has no
+// row (the last block of a layer of short rows). Every warp of a long row's block gets its row.
+MTL_HD int64_t filter_stats_block_row(const FilterStatsTable& t, const int64_t* block_map,
+                                      int warps, int64_t block, int warp, int64_t* layer) {
+  const int64_t l = find_segment(block_map, t.num_layers, block);
+  *layer = l;
+  const int64_t* off = t.row_offsets();
+  if (!filter_stats_short_rows(t, l)) return off[l] + (block - block_map[l]);
+  const int64_t row = off[l] + (block - block_map[l]) * warps + warp;
+  return row < off[l + 1] ? row : -1;
+}
 
 // The outputs from row `row` on (a chunk's first row).
 MTL_HD FilterStatsOut filter_stats_out_at(const FilterStatsOut& o, int64_t row, int T) {
