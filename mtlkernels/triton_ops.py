@@ -19,13 +19,18 @@ C++ code (``torch.ops.mtlkernels._filter_stats_table`` / ``_gather_table``): one
 
 * ``filter_stats``: per layer the first output row, K and the weight address, per (layer, task) the
   gradient address, then an int32 ``row -> layer`` map. One program per filter row (of the whole
-  network): it looks its layer up, loads the weight/gradient base addresses from the table and casts
-  them with ``.to(tl.pointer_type(...))``, then streams the row in ``BLOCK_K`` chunks, holding all T
-  task gradients as a ``[TP, BLOCK_K]`` tile (T padded to the power of two TP, the pad masked) and
-  accumulating ``dot``, the T x T ``gram`` and ``wg2`` (broadcast products ``g[:, None, :] *
-  g[None, :, :]``, rather than ``tl.dot``, whose tiles are at least 16 wide: for small T they
-  would be mostly padding; not measured against each other), ``wsq`` and ``wabs``, all in float32,
-  element-wise over the chunk ([TP, TP, BLOCK_K] partial sums) and reduced over K once at the end.
+  network): it looks its layer up (one int32 load), loads the weight/gradient base addresses from
+  the table and casts them with ``.to(tl.pointer_type(...))``, then streams the row in ``BLOCK_K``
+  chunks (``tl.range(..., num_stages=...)``: software-pipelined loads; ``tl.multiple_of`` on the
+  row pointers when every row starts on 16 bytes, so 16-bit inputs get vector loads), accumulating
+  ``dot``, the T x T ``gram`` and ``wg2``, ``wsq`` and ``wabs`` in float32, element-wise over the
+  chunk and reduced over K once at the end. For T a power of two the gradients are a
+  ``[TP, BLOCK_K]`` tile and the T x T sums broadcast products ``g[:, None, :] * g[None, :, :]``;
+  otherwise the padded TP x TP products would be mostly waste (T=3: 16 for 6 pairs), so the tile
+  has one row per task pair ``i <= j`` (T(T+1)/2 padded: 8 at T=3), reading the rows of tasks i
+  and j (a row read for several pairs comes from L1). ``tl.dot`` was not used: its tiles are at
+  least 16 wide. BLOCK_K stays >= 32 (T=16 takes 8 warps instead of BLOCK_K = 16). Integer sizes
+  are not specialised (``do_not_specialize``), so pruning C does not compile new variants.
 
   Why a pointer table rather than a flat gradient bank (``torch.cat`` of every gradient): the bank
   would copy all of the user's gradients (the size of the model times T) just to give the kernel one
@@ -97,59 +102,145 @@ def _next_pow2(n: int) -> int:
 
 # =================================================================================== kernels
 @triton.jit
-def _filter_stats_kernel(
-    tab_ptr,        # int64 FilterStatsTable of common.h: offsets, K, weight and gradient addresses
-    map_ptr,        # int32 [F] row -> layer (the table's optional suffix)
-    witness_ptr,    # any weight: gives the element type of the table's addresses
-    dot_ptr, gram_ptr, wsq_ptr, wabs_ptr, wg2_ptr,
-    T, L,
-    BLOCK_K: tl.constexpr,
-    TP: tl.constexpr,
-):
-    r = tl.program_id(0).to(tl.int64)
-    elem_ptr_ty = witness_ptr.dtype
-    layer = tl.load(map_ptr + r).to(tl.int64)
-    row0 = tl.load(tab_ptr + layer)
-    K = tl.load(tab_ptr + L + 1 + layer)
-    w_addr = tl.load(tab_ptr + 2 * L + 1 + layer)
-    row_off = (r - row0) * K
-    w_row = w_addr.to(elem_ptr_ty) + row_off
+def _pairs(T, NP: tl.constexpr, TP: tl.constexpr):
+    """The upper-triangle task pairs (i, j), i <= j, row-major, as [NP] index vectors (pad masked)."""
+    p = tl.arange(0, NP)
+    rem = p
+    pi = p * 0
+    go = p >= 0
+    for i in tl.static_range(TP):   # row i of the triangle holds T - i pairs (common.h pair_index)
+        go = go & (rem >= T - i) & (i < T)   # stays false once p's row is found
+        rem = tl.where(go, rem - (T - i), rem)
+        pi = tl.where(go, pi + 1, pi)
+    return pi, pi + rem, p < T * (T + 1) // 2
 
+
+@triton.jit
+def _store_pairs(gram_ptr, wg2_ptr, r, T, pi, pj, p_mask, gram, wg2):
+    """Pair (i, j) sums into [i, j] and [j, i] of row r's T x T blocks."""
+    base = r * T * T
+    tl.store(gram_ptr + base + pi * T + pj, gram, mask=p_mask)
+    tl.store(gram_ptr + base + pj * T + pi, gram, mask=p_mask)
+    tl.store(wg2_ptr + base + pi * T + pj, wg2, mask=p_mask)
+    tl.store(wg2_ptr + base + pj * T + pi, wg2, mask=p_mask)
+
+
+@triton.jit
+def _row_pairs(w_row, g_tab, row_off, K, T, r, dot_ptr, gram_ptr, wg2_ptr, elem_ptr_ty,
+               BLOCK_K: tl.constexpr, NP: tl.constexpr, TP: tl.constexpr, ALIGNED: tl.constexpr,
+               NUM_STAGES: tl.constexpr):
+    """T not a power of two: one [NP, BLOCK_K] tile row per task pair i <= j (T = 3: 8 rows where
+    the full TP x TP products take 16), each reading the rows of tasks i and j; a task row read
+    for several pairs comes from L1, not DRAM. Returns the W-only sums."""
+    pi, pj, p_mask = _pairs(T, NP, TP)
+    gi_rows = tl.load(g_tab + pi, mask=p_mask, other=0).to(elem_ptr_ty) + row_off
+    gj_rows = tl.load(g_tab + pj, mask=p_mask, other=0).to(elem_ptr_ty) + row_off
+    if ALIGNED:
+        gi_rows = tl.multiple_of(gi_rows, 16)
+        gj_rows = tl.multiple_of(gj_rows, 16)
+    dot_acc = tl.zeros([NP, BLOCK_K], dtype=tl.float32)
+    gram_acc = tl.zeros([NP, BLOCK_K], dtype=tl.float32)
+    wg2_acc = tl.zeros([NP, BLOCK_K], dtype=tl.float32)
+    wsq_acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    wabs_acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):   # software-pipelined loads
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = k < K
+        m2 = p_mask[:, None] & k_mask[None, :]
+        w = tl.load(w_row + k, mask=k_mask, other=0.0).to(tl.float32)                   # [BK]
+        gi = tl.load(gi_rows[:, None] + k[None, :], mask=m2, other=0.0).to(tl.float32)  # [NP, BK]
+        gj = tl.load(gj_rows[:, None] + k[None, :], mask=m2, other=0.0).to(tl.float32)
+        gg = gi * gj
+        w2 = w * w
+        dot_acc += gi * w[None, :]
+        gram_acc += gg
+        wg2_acc += gg * w2[None, :]
+        wsq_acc += w2
+        wabs_acc += tl.abs(w)
+    # the dot of task i from its diagonal pair (i, i)
+    tl.store(dot_ptr + r * T + pi, tl.sum(dot_acc, axis=1), mask=p_mask & (pi == pj))
+    _store_pairs(gram_ptr, wg2_ptr, r, T, pi, pj, p_mask, tl.sum(gram_acc, axis=1),
+                 tl.sum(wg2_acc, axis=1))
+    return tl.sum(wsq_acc, axis=0), tl.sum(wabs_acc, axis=0)
+
+
+@triton.jit
+def _row_full(w_row, g_tab, row_off, K, T, r, dot_ptr, gram_ptr, wg2_ptr, elem_ptr_ty,
+              BLOCK_K: tl.constexpr, TP: tl.constexpr, ALIGNED: tl.constexpr,
+              NUM_STAGES: tl.constexpr):
+    """T a power of two (no pair is padding): the [TP, BLOCK_K] task tile and its TP x TP
+    broadcast products. Returns the W-only sums."""
     t = tl.arange(0, TP)
     t_mask = t < T
-    g_addr = tl.load(tab_ptr + 3 * L + 1 + layer * T + t, mask=t_mask, other=0)
-    g_rows = g_addr.to(elem_ptr_ty) + row_off                          # [TP] pointers
-
-    # Element-wise partial sums over the K chunks, reduced over BLOCK_K once after the loop: a
-    # reduction inside the loop would cross threads (and warps) on every chunk.
+    g_rows = tl.load(g_tab + t, mask=t_mask, other=0).to(elem_ptr_ty) + row_off
+    if ALIGNED:
+        g_rows = tl.multiple_of(g_rows, 16)
     dot_acc = tl.zeros([TP, BLOCK_K], dtype=tl.float32)
     gram_acc = tl.zeros([TP, TP, BLOCK_K], dtype=tl.float32)
     wg2_acc = tl.zeros([TP, TP, BLOCK_K], dtype=tl.float32)
     wsq_acc = tl.zeros([BLOCK_K], dtype=tl.float32)
     wabs_acc = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):   # software-pipelined loads
         k = k0 + tl.arange(0, BLOCK_K)
         k_mask = k < K
-        w = tl.load(w_row + k, mask=k_mask, other=0.0).to(tl.float32)                 # [BK]
+        w = tl.load(w_row + k, mask=k_mask, other=0.0).to(tl.float32)                   # [BK]
         g = tl.load(g_rows[:, None] + k[None, :], mask=t_mask[:, None] & k_mask[None, :],
-                    other=0.0).to(tl.float32)                                          # [TP, BK]
-        wg = g * w[None, :]
-        dot_acc += wg
-        gram_acc += g[:, None, :] * g[None, :, :]
-        wg2_acc += wg[:, None, :] * wg[None, :, :]
-        wsq_acc += w * w
+                    other=0.0).to(tl.float32)                                            # [TP, BK]
+        gg = g[:, None, :] * g[None, :, :]
+        w2 = w * w
+        dot_acc += g * w[None, :]
+        gram_acc += gg
+        wg2_acc += gg * w2[None, None, :]
+        wsq_acc += w2
         wabs_acc += tl.abs(w)
-
     tl.store(dot_ptr + r * T + t, tl.sum(dot_acc, axis=1), mask=t_mask)
     tt = t[:, None] * T + t[None, :]
     tt_mask = t_mask[:, None] & t_mask[None, :]
     tl.store(gram_ptr + r * T * T + tt, tl.sum(gram_acc, axis=2), mask=tt_mask)
     tl.store(wg2_ptr + r * T * T + tt, tl.sum(wg2_acc, axis=2), mask=tt_mask)
-    tl.store(wsq_ptr + r, tl.sum(wsq_acc, axis=0))
-    tl.store(wabs_ptr + r, tl.sum(wabs_acc, axis=0))
+    return tl.sum(wsq_acc, axis=0), tl.sum(wabs_acc, axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "L"])
+def _filter_stats_kernel(
+    tab_ptr,        # int64 FilterStatsTable of common.h: offsets, K, weight and gradient addresses
+    map_ptr,        # int32 [F] row -> layer (the table's optional suffix)
+    witness_ptr,    # any weight: gives the element type of the table's addresses
+    dot_ptr, gram_ptr, wsq_ptr, wabs_ptr, wg2_ptr,
+    T, L,           # not specialised: a new value must not compile a new variant mid-training
+    BLOCK_K: tl.constexpr,
+    NP: tl.constexpr,         # tile rows of the pair path: T(T+1)/2 padded to a power of two
+    TP: tl.constexpr,         # T padded to a power of two
+    PAIRS: tl.constexpr,      # one product per task pair (i <= j) instead of the full TP x TP
+    VEC: tl.constexpr,        # elements per 16 bytes
+    ALIGNED: tl.constexpr,    # every row starts 16-byte aligned and K % VEC == 0: vector loads
+    NUM_STAGES: tl.constexpr,
+):
+    r = tl.program_id(0).to(tl.int64)
+    elem_ptr_ty = witness_ptr.dtype
+    layer = tl.load(map_ptr + r).to(tl.int64)
+    K = tl.load(tab_ptr + L + 1 + layer)
+    if ALIGNED:
+        K = tl.multiple_of(K, VEC)
+    row_off = (r - tl.load(tab_ptr + layer)) * K
+    w_row = tl.load(tab_ptr + 2 * L + 1 + layer).to(elem_ptr_ty) + row_off
+    if ALIGNED:
+        w_row = tl.multiple_of(w_row, 16)
+    g_tab = tab_ptr + 3 * L + 1 + layer * T
+    if PAIRS:
+        wsq, wabs = _row_pairs(w_row, g_tab, row_off, K, T, r, dot_ptr, gram_ptr, wg2_ptr,
+                               elem_ptr_ty, BLOCK_K, NP, TP, ALIGNED, NUM_STAGES)
+    else:
+        wsq, wabs = _row_full(w_row, g_tab, row_off, K, T, r, dot_ptr, gram_ptr, wg2_ptr,
+                              elem_ptr_ty, BLOCK_K, TP, ALIGNED, NUM_STAGES)
+    tl.store(wsq_ptr + r, wsq)
+    tl.store(wabs_ptr + r, wabs)
+
+
+# Sizes and strides change as pruning shrinks C: no variant per divisibility by 16, but a unit
+# stride (NCHW's spatial, channels_last's channel) stays specialised: it makes the loads contiguous.
+@triton.jit(do_not_specialize_on_alignment=["C", "S", "P", "CHUNK", "a_sn", "a_sc", "a_ss", "d_sn",
+                                            "d_sc", "d_ss"])
 def _channel_contrib_kernel(
     a_ptr, d_ptr, part_ptr,         # part: float64 [splits, C]
     C, S, P, CHUNK,
@@ -187,7 +278,7 @@ def _fast_div(n, word):
     return (tl.umulhi(n, m) + n) >> s
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "STARTS", "ERR"])
 def _gather_kernel(
     tab_ptr,        # int64 gather table of common.h: records, block map, error word
     witness_ptr,    # any tensor of this launch's element size: gives the element type
@@ -270,6 +361,7 @@ TUNE = {
     "cc_tile": 2048,         # ... with BLOCK_C * BLOCK_P <= cc_tile (float64 accumulators)
     "gather_block": 1024,    # gather: output elements per program
     "fs_num_warps": 4,
+    "fs_num_stages": 3,      # filter_stats: K loop software pipelining (tl.range)
     "cc_num_warps": 4,
     "gather_num_warps": 4,
 }
@@ -297,6 +389,14 @@ def _empty_stats(f: int, t: int, device) -> Tuple[Tensor, ...]:
             torch.empty(f, **kw), torch.empty(f, t, t, **kw))
 
 
+def _rows_aligned(host: Tensor, num_layers: int, num_tasks: int, esize: int) -> bool:
+    """Every weight and gradient row of the table starts on 16 bytes (base addresses and K x element
+    size multiples of 16): the kernel may then promise 16-byte loads (tl.multiple_of)."""
+    k = host[num_layers + 1:2 * num_layers + 1]
+    addrs = host[2 * num_layers + 1:num_layers * (3 + num_tasks) + 1]
+    return bool(((k * esize) % 16 == 0).all()) and bool((addrs % 16 == 0).all())
+
+
 def _filter_stats_impl(weights: List[Tensor], grads: List[Tensor]) -> List[Tensor]:
     device = weights[0].device
     if _use_reference(device):
@@ -311,12 +411,19 @@ def _filter_stats_impl(weights: List[Tensor], grads: List[Tensor]) -> List[Tenso
     tab = _to_device(host, device)
     row_map = tab[num_layers * (3 + num_tasks) + 1:].view(torch.int32)
     tp = _next_pow2(num_tasks)
-    # the two [TP, TP, BLOCK_K] partial sums live in registers across the loop: keep TP * TP * BLOCK_K
-    # around 4K elements (64 registers per thread at 4 warps)
-    block_k = max(8, min(TUNE["fs_max_block_k"], TUNE["fs_tile"] // (tp * tp), _next_pow2(max_k)))
+    np_ = _next_pow2(num_tasks * (num_tasks + 1) // 2)
+    pairs = np_ < tp * tp                        # T not a power of two
+    rows = np_ if pairs else tp * tp             # tile rows of the two T x T partial sums
+    # the partial sums ([rows, BLOCK_K] x 2) live in registers across the loop: about fs_tile
+    # elements per 4 warps, with more warps rather than a BLOCK_K under 32 (T=16: 8 warps, BK 32)
+    block_k = max(8, min(TUNE["fs_max_block_k"], max(32, TUNE["fs_tile"] // rows), _next_pow2(max_k)))
+    warps = TUNE["fs_num_warps"] * max(1, rows * block_k // TUNE["fs_tile"])
+    esize = weights[0].element_size()
     torch.library.wrap_triton(_filter_stats_kernel)[(num_rows,)](
         tab, row_map, weights[0], *outs, num_tasks, num_layers,
-        BLOCK_K=block_k, TP=tp, num_warps=TUNE["fs_num_warps"],
+        BLOCK_K=block_k, NP=np_, TP=tp, PAIRS=pairs, VEC=16 // esize,
+        ALIGNED=_rows_aligned(host, num_layers, num_tasks, esize),
+        NUM_STAGES=TUNE["fs_num_stages"], num_warps=warps,
     )
     return list(outs)
 

@@ -108,6 +108,44 @@ def test_filter_stats_odd_sizes(shape):
     _check_stats(ws, gs, torch.float32)
 
 
+@pytest.mark.parametrize("t", [4, 6, 7, 9, 10, 12, 13, 14, 15])
+def test_filter_stats_every_task_count(t):
+    """The pair path (T not a power of two: one product per pair i <= j) and the full TP x TP path
+    for the task counts the other tests leave out, aligned (K % 4 == 0, the vector-load promise)
+    and unaligned rows in one call."""
+    ws, gs = _layers([(3, 8), (2, 37), (4, 2, 2, 1)], t, torch.float32, seed=100 + t)
+    _check_stats(ws, gs, torch.float32)
+
+
+def test_filter_stats_alignment_flag():
+    """tl.multiple_of is promised only when every row of every tensor starts on 16 bytes."""
+    ws, gs = _layers([(3, 8), (2, 4)], 3, torch.float32, seed=1)
+    host = torch.ops.mtlkernels._filter_stats_table(ws, gs, True)
+    assert triton_ops._rows_aligned(host, 2, 3, 4)
+    ws2, gs2 = _layers([(3, 8), (2, 5)], 3, torch.float32, seed=1)      # K=5: rows at 20-byte steps
+    assert not triton_ops._rows_aligned(torch.ops.mtlkernels._filter_stats_table(ws2, gs2, True), 2, 3, 4)
+    off = torch.randn(1, 3 * 8 + 1)[:, 1:].view(3, 8)                  # a weight at +4 bytes
+    host = torch.ops.mtlkernels._filter_stats_table([off], [gs[0]], True)
+    assert not triton_ops._rows_aligned(host, 1, 3, 4)
+
+
+def _unspecialised(kernel, what="do_not_specialize"):
+    if hasattr(kernel, "kwargs"):   # the interpreter keeps the decorator's arguments
+        return set(kernel.kwargs.get(what) or ())
+    return {kernel.arg_names[i] if isinstance(i, int) else i for i in getattr(kernel, what)}
+
+
+def test_sizes_do_not_specialise():
+    """Integer sizes are not specialised (a value equal to 1 or divisible by 16 would compile a new
+    variant as pruning shrinks C, mid-training); filter_stats takes K and the row count from its table
+    and grid, the gather its sizes from its table; channel_contrib keeps only the unit-stride
+    specialisation (contiguous loads), not the one on divisibility by 16."""
+    assert {"T", "L"} <= _unspecialised(triton_ops._filter_stats_kernel)
+    assert {"C", "S", "P", "CHUNK", "a_sn", "a_sc", "a_ss", "d_sn", "d_sc", "d_ss"} <= _unspecialised(
+        triton_ops._channel_contrib_kernel, "do_not_specialize_on_alignment")
+    assert {"N", "STARTS", "ERR"} <= _unspecialised(triton_ops._gather_kernel)
+
+
 def test_filter_stats_sixteen_tasks():
     ws, gs = _layers([(3, 5), (2, 37), (2, 3, 1, 3), (1,)], 16, torch.float32, seed=16)
     _check_stats(ws, gs, torch.float32)
