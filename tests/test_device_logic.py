@@ -9,6 +9,9 @@
 - ``tests/cpp/filter_stats_chunks.cpp`` checks the CUDA filter_stats launch in chunks of whole
   layers (the table is a kernel parameter of bounded size): every row read through its chunk's
   table and output pointers is the row the whole table gives.
+- ``tests/cpp/contrib_positions.cpp`` checks channel_contrib's position walks: the cursor that
+  replaces an int64 division per element (channels_last), and the warp-per-row split of short
+  NCHW rows (every position to exactly one thread).
 - ``tests/cpp/gather_index.cpp`` checks the gather kernel's multiply-high divisions (FastDivU31)
   against ``/`` and its per-element input offsets against the row math the CPU kernel uses.
 """
@@ -53,3 +56,8 @@ def test_task_tiles(tmp_path):
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 def test_filter_stats_chunks(tmp_path):
     assert "chunks ok" in _build_and_run("filter_stats_chunks", tmp_path)
+
+
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+def test_contrib_positions(tmp_path):
+    assert "positions ok" in _build_and_run("contrib_positions", tmp_path)

@@ -1,9 +1,12 @@
 // CUDA kernels of mtlkernels::channel_contrib: contrib[c] = sum_{n,s} A[n,c,s] * D[n,c,s].
 //
 // [N, C, S] views with any strides. Two thread layouts so that a warp's loads are coalesced:
-// - spatial-major (unit stride along s: NCHW): block (c, split), lanes along s;
+// - spatial-major (unit stride along s: NCHW): block (c, split), lanes along s. A row of S < 1024
+//   positions takes one warp (8 rows at a time per block): with all 256 threads on a row, S = 49
+//   (7 x 7) kept 49 of them busy, S = 196 196. Longer rows take the whole block.
 // - channel-major (anything else, e.g. channels_last with unit stride along c): block
-//   (32 channels, split), lanes along c, 8 position rows per block.
+//   (32 channels, split), lanes along c, 8 position rows per block; (n, s) of the next position by
+//   a cursor (common.h PositionCursor), not an int64 division per element.
 // Each block writes partial[split, c]; the caller sums the partials over splits (deterministic).
 // Products and sums are in double (exact products of float32 values, no overflow before the final
 // rounding to float32), like every backend: an overflow is the same inf everywhere, not an
@@ -22,6 +25,7 @@ template <typename scalar_t>
 __device__ __forceinline__ double to_double(scalar_t x) { return static_cast<double>(to_float(x)); }
 
 constexpr int kSpatialThreads = 256;
+constexpr int64_t kWarpRowS = 1024;  // spatial rows shorter than this take one warp each
 constexpr int kChanX = 32, kChanY = 8;
 
 template <typename scalar_t>
@@ -34,14 +38,9 @@ __global__ void __launch_bounds__(kSpatialThreads)
   const int64_t P = N * S;
   const int64_t p0 = P * split / splits, p1 = P * (split + 1) / splits;
   double acc = 0.0;
-  for (int64_t n = p0 / S; n * S < p1; ++n) {  // rows of this split, no per-element division
-    const int64_t s0 = p0 > n * S ? p0 - n * S : 0;
-    const int64_t s1 = p1 - n * S < S ? p1 - n * S : S;
-    const scalar_t* ap = a + n * sa0 + c * sa1;
-    const scalar_t* dp = d + n * sd0 + c * sd1;
-    for (int64_t s = s0 + threadIdx.x; s < s1; s += kSpatialThreads)
-      acc = fma(to_double(ap[s]), to_double(dp[s]), acc);
-  }
+  for_spatial_positions(p0, p1, S, kWarpRowS, threadIdx.x, kSpatialThreads, [&](int64_t n, int64_t s) {
+    acc = fma(to_double(a[n * sa0 + c * sa1 + s]), to_double(d[n * sd0 + c * sd1 + s]), acc);
+  });
   __shared__ double part[kSpatialThreads / 32];
   acc = warp_sum(acc);
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
@@ -66,10 +65,10 @@ __global__ void __launch_bounds__(kChanX* kChanY)
   const int64_t p0 = P * split / splits, p1 = P * (split + 1) / splits;
   double acc = 0.0;
   if (c < C) {
-    for (int64_t p = p0 + threadIdx.y; p < p1; p += kChanY) {
-      const int64_t n = p / S, s = p - n * S;
-      acc = fma(to_double(a[n * sa0 + c * sa1 + s * sa2]),
-                to_double(d[n * sd0 + c * sd1 + s * sd2]), acc);
+    PositionCursor pos(p0 + threadIdx.y, kChanY, S);  // two divisions per thread, not per element
+    for (int64_t p = p0 + threadIdx.y; p < p1; p += kChanY, pos.next()) {
+      acc = fma(to_double(a[pos.n * sa0 + c * sa1 + pos.s * sa2]),
+                to_double(d[pos.n * sd0 + c * sd1 + pos.s * sd2]), acc);
     }
   }
   __shared__ double part[kChanY][kChanX];

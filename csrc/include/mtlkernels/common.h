@@ -312,6 +312,46 @@ struct WarpReduceScatter {
 };
 
 // ------------------------------------------------------------------------------------------------
+// channel_contrib: position cursor.
+//
+// A thread of the CUDA channel-major kernel (channels_last) visits positions p0, p0 + step, ... of
+// the N x S positions and needs (n, s) = (p / S, p % S) for each: an int64 division per element
+// (a long instruction sequence on a GPU) where one at the start suffices. The cursor divides once
+// (start and step), then advances with an add and a compare.
+// ------------------------------------------------------------------------------------------------
+struct PositionCursor {
+  int64_t n, s;    // the current position's (p / S, p % S)
+  int64_t dn, ds;  // step / S, step % S
+  int64_t S;
+
+  MTL_HD PositionCursor(int64_t p, int64_t step, int64_t size)
+      : n(p / size), s(p % size), dn(step / size), ds(step % size), S(size) {}
+  MTL_HD void next() {
+    n += dn;
+    s += ds;
+    if (s >= S) { s -= S; ++n; }
+  }
+};
+
+// The positions [p0, p1) of N rows of S (p = n S + s) that thread `t` of a spatial-major block of
+// `threads` threads visits, as f(n, s): a row of S < warp_row_s positions goes to one warp (lane
+// along s, warps on rows n = first + warp, + warps, ...), a longer row to the whole block. One
+// division per thread (the first row), none per element.
+template <typename F>
+MTL_HD void for_spatial_positions(int64_t p0, int64_t p1, int64_t S, int64_t warp_row_s, int t,
+                                  int threads, F&& f) {
+  const bool by_warp = S < warp_row_s;
+  const int lane = t & 31, warp = t >> 5;
+  const int first = by_warp ? lane : t, step = by_warp ? 32 : threads;
+  const int64_t row_step = by_warp ? threads / 32 : 1;
+  for (int64_t n = p0 / S + (by_warp ? warp : 0); n * S < p1; n += row_step) {
+    const int64_t s0 = p0 > n * S ? p0 - n * S : 0;
+    const int64_t s1 = p1 - n * S < S ? p1 - n * S : S;
+    for (int64_t s = s0 + first; s < s1; s += step) f(n, s);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
 // Channel gather: canonical form.
 //
 // A contiguous tensor with two selected dims d_lo < d_hi is viewed as [A, D1, B, D2, C]
