@@ -247,6 +247,7 @@ def _channel_contrib_kernel(
     a_sn, a_sc, a_ss, d_sn, d_sc, d_ss,
     BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    BY_ROWS: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     split = tl.program_id(1)
@@ -257,15 +258,26 @@ def _channel_contrib_kernel(
     d_c = c64 * d_sc
     p_start = split.to(tl.int64) * CHUNK
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float64)
-    for p0 in range(0, CHUNK, BLOCK_P):
-        p = p_start + p0 + tl.arange(0, BLOCK_P).to(tl.int64)
-        p_mask = (p < P) & (p0 + tl.arange(0, BLOCK_P) < CHUNK)
-        n = p // S
-        s = p - n * S
-        mask = c_mask[:, None] & p_mask[None, :]
-        a = tl.load(a_ptr + a_c[:, None] + (n * a_sn + s * a_ss)[None, :], mask=mask, other=0.0)
-        d = tl.load(d_ptr + d_c[:, None] + (n * d_sn + s * d_ss)[None, :], mask=mask, other=0.0)
-        acc += a.to(tl.float32).to(tl.float64) * d.to(tl.float32).to(tl.float64)
+    if BY_ROWS:   # rows of S >= cc_rows_min_s: walk (n, s) row by row, a division per row only
+        p_end = tl.minimum(p_start + CHUNK, P)
+        for n in range(p_start // S, (p_end - 1) // S + 1):
+            s_hi = tl.minimum(p_end - n * S, S)
+            for s0 in range(tl.maximum(p_start - n * S, 0), s_hi, BLOCK_P):
+                s = s0 + tl.arange(0, BLOCK_P).to(tl.int64)
+                mask = c_mask[:, None] & (s < s_hi)[None, :]
+                a = tl.load(a_ptr + a_c[:, None] + (n * a_sn + s * a_ss)[None, :], mask=mask, other=0.0)
+                d = tl.load(d_ptr + d_c[:, None] + (n * d_sn + s * d_ss)[None, :], mask=mask, other=0.0)
+                acc += a.to(tl.float32).to(tl.float64) * d.to(tl.float32).to(tl.float64)
+    else:         # short rows: positions p flat, (n, s) = divmod(p, S) per element
+        for p0 in range(0, CHUNK, BLOCK_P):
+            p = p_start + p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+            p_mask = (p < P) & (p0 + tl.arange(0, BLOCK_P) < CHUNK)
+            n = p // S
+            s = p - n * S
+            mask = c_mask[:, None] & p_mask[None, :]
+            a = tl.load(a_ptr + a_c[:, None] + (n * a_sn + s * a_ss)[None, :], mask=mask, other=0.0)
+            d = tl.load(d_ptr + d_c[:, None] + (n * d_sn + s * d_ss)[None, :], mask=mask, other=0.0)
+            acc += a.to(tl.float32).to(tl.float64) * d.to(tl.float32).to(tl.float64)
     tl.store(part_ptr + split.to(tl.int64) * C + c, tl.sum(acc, axis=1), mask=c_mask)
 
 
@@ -359,6 +371,7 @@ TUNE = {
     "cc_max_block_c": 32,    # channel_contrib tile [BLOCK_C, BLOCK_P] ...
     "cc_max_block_p": 128,
     "cc_tile": 2048,         # ... with BLOCK_C * BLOCK_P <= cc_tile (float64 accumulators)
+    "cc_rows_min_s": 32,     # channel_contrib: rows of S >= this walk (n, s) with no division per element
     "gather_block": 1024,    # gather: output elements per program
     "fs_num_warps": 4,
     "fs_num_stages": 3,      # filter_stats: K loop software pipelining (tl.range)
@@ -447,7 +460,8 @@ def _channel_contrib_impl(a3: Tensor, d3: Tensor) -> Tensor:
     torch.library.wrap_triton(_channel_contrib_kernel)[(c_blocks, splits)](
         a3, d3, part, c, s, positions, chunk,
         *a3.stride(), *d3.stride(),
-        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=TUNE["cc_num_warps"],
+        BLOCK_C=block_c, BLOCK_P=block_p, BY_ROWS=s >= TUNE["cc_rows_min_s"],
+        num_warps=TUNE["cc_num_warps"],
     )
     return part.sum(0).to(torch.float32)  # the one rounding to float32
 

@@ -247,6 +247,22 @@ def test_channel_contrib_half(dtype):
     _check_contrib(act, grad, dtype)
 
 
+@pytest.mark.parametrize("shape", [(5, 3, 7, 7), (40, 2, 33), (2, 3, 1, 31), (33, 2, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_channel_contrib_row_walk(shape, layout, monkeypatch):
+    """Rows of S >= cc_rows_min_s walk (n, s) row by row (no division per element), split
+    boundaries falling inside rows (small tiles force many splits); shorter rows divide."""
+    monkeypatch.setitem(triton_ops.TUNE, "cc_max_block_p", 16)
+    g = torch.Generator().manual_seed(len(shape) + shape[-1])
+    act = torch.randn(shape, generator=g).to(DEVICE)
+    grad = torch.randn(shape, generator=g).to(DEVICE)
+    if layout == "channels_last":
+        act = act.transpose(0, 1).contiguous().transpose(0, 1)   # channel-major storage
+        grad = grad.transpose(0, 1).contiguous().transpose(0, 1)
+    _check_contrib(act, grad, torch.float32)
+
+
 def test_channel_contrib_many_positions_splits():
     """Enough positions that the work is split over several programs (partial rows summed)."""
     g = torch.Generator().manual_seed(9)
