@@ -427,10 +427,12 @@ def _filter_stats_impl(weights: List[Tensor], grads: List[Tensor]) -> List[Tenso
     np_ = _next_pow2(num_tasks * (num_tasks + 1) // 2)
     pairs = np_ < tp * tp                        # T not a power of two
     rows = np_ if pairs else tp * tp             # tile rows of the two T x T partial sums
-    # the partial sums ([rows, BLOCK_K] x 2) live in registers across the loop: about fs_tile
-    # elements per 4 warps, with more warps rather than a BLOCK_K under 32 (T=16: 8 warps, BK 32)
+    # The partial sums live in registers across the loop: gram and wg2 ([rows, BLOCK_K] each; the
+    # pair path also a per-pair dot) at about 2 x fs_tile elements per fs_num_warps warps (64
+    # registers per thread at 4), with more warps rather than a BLOCK_K under 32 (T=16: 8 warps).
     block_k = max(8, min(TUNE["fs_max_block_k"], max(32, TUNE["fs_tile"] // rows), _next_pow2(max_k)))
-    warps = TUNE["fs_num_warps"] * max(1, rows * block_k // TUNE["fs_tile"])
+    acc_elems = (3 if pairs else 2) * rows * block_k
+    warps = min(16, TUNE["fs_num_warps"] * _next_pow2(triton.cdiv(acc_elems, 2 * TUNE["fs_tile"])))
     esize = weights[0].element_size()
     torch.library.wrap_triton(_filter_stats_kernel)[(num_rows,)](
         tab, row_map, weights[0], *outs, num_tasks, num_layers,
