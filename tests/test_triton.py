@@ -366,6 +366,42 @@ def test_gather_several_blocks_per_tensor():
                   [_subset(8, g, 7), None, _subset(8, g, 8)], [0, 0, 1], [1, 1, 0])
 
 
+def test_gather_block_search_many_tensors(monkeypatch):
+    """Eleven tensors of three element sizes with several small blocks each: every program finds
+    its tensor by the binary search over the table's block map (4 steps), and an out-of-range
+    index is reported for the right tensor (by the table builder for CPU index tensors, as here,
+    by the kernel's error word for CUDA ones)."""
+    monkeypatch.setitem(triton_ops.TUNE, "gather_block", 16)
+    g = torch.Generator().manual_seed(21)
+    dtypes = [torch.float32, torch.bfloat16, torch.int64]
+    xs = [_rand((3 + k, 2 + k % 4, 3), dtypes[k % 3], g) for k in range(11)]
+    oi = [_subset(x.shape[0], g) if k % 4 else None for k, x in enumerate(xs)]
+    ii = [_subset(x.shape[1], g) for x in xs]
+    _check_gather(xs, oi, ii, [0] * 11, [1] * 11)
+    bad = list(ii)
+    bad[7] = torch.tensor([0, xs[7].shape[1]], device=DEVICE)     # one past the end
+    with pytest.raises(RuntimeError, match=r"idx2\[7\].* out of range|an index of xs\[7\]"):
+        torch.ops.mtlkernels.gather_triton(xs, oi, bad, [0] * 11, [1] * 11)
+
+
+def test_gather_kernel_flags_a_bad_index(monkeypatch):
+    """The kernel's own check (what guards CUDA index tensors, whose values the host never reads):
+    an index made out of range after the table was built is never loaded from, and raises."""
+    g = torch.Generator().manual_seed(22)
+    xs = [_rand((4, 3), torch.float32, g), _rand((5, 2), torch.float32, g)]
+    idx = [torch.tensor([1, 2], device=DEVICE), torch.tensor([0, 4], device=DEVICE)]
+    real = torch.ops.mtlkernels._gather_table
+
+    def corrupt_after_build(*args):
+        out = real(*args)
+        idx[1][1] = 5       # the table holds the index's address: the kernel reads the new value
+        return out
+
+    monkeypatch.setattr(torch.ops.mtlkernels, "_gather_table", corrupt_after_build)
+    with pytest.raises(RuntimeError, match=r"gather_triton: an index of xs\[1\]"):
+        triton_ops._gather_impl(xs, idx, [None, None], [0, 0], [1, 1])
+
+
 def test_gather_noncontiguous_input_and_full_index():
     g = torch.Generator().manual_seed(4)
     x = _rand((5, 8), torch.float32, g).t()                     # [8, 5] non-contiguous
