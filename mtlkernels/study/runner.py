@@ -299,7 +299,8 @@ class Study:
         fault_point("retrain.json")
         self.log(f"[retrain {criterion}] level {li + 1}: {r['filters_removed_frac']:.1%} removed, "
                  f"{_fmt_int(r['params_total'])} params | dm {r['delta_m']['all']:+.1f}% "
-                 f"(iterative {lev['delta_m']['all']:+.1f}%) | {M.format_metrics(m)}")
+                 + ("(the control) " if criterion == CONTROL else f"(iterative {lev['delta_m']['all']:+.1f}%) ")
+                 + f"| {M.format_metrics(m)}")
         return r
 
     def control(self) -> Dict[str, Any]:
