@@ -15,7 +15,7 @@ are NaN), never silently turned into a score; the criteria and the driver decide
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -42,7 +42,7 @@ REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float64,)
 GradsArg = Union[Tensor, Sequence[Tensor]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FilterStats:
     """Per-filter multi-task statistics; one row per filter of every layer given.
 
@@ -64,8 +64,30 @@ class FilterStats:
     wsq: Tensor
     wabs: Tensor
     wg2: Tensor
-    offsets: Tuple[int, ...]
-    names: Optional[Tuple[str, ...]] = None
+    _offsets: Optional[Tuple[int, ...]]
+    names: Optional[Tuple[str, ...]]
+    _layers: Optional[Sequence[Tensor]] = field(default=None, repr=False, compare=False)
+
+    def __init__(self, dot: Tensor, gram: Tensor, wsq: Tensor, wabs: Tensor, wg2: Tensor,
+                 offsets: Optional[Sequence[int]] = None, names: Optional[Sequence[str]] = None, *,
+                 layers: Optional[Sequence[Tensor]] = None) -> None:
+        """``offsets`` default: one layer, or the rows of ``layers`` (the weights), counted when
+        first asked for (for 155 layers, reading their sizes costs a third of the public call)."""
+        if offsets is None and layers is None:
+            offsets = (0, dot.shape[0])
+        values = (dot, gram, wsq, wabs, wg2, None if offsets is None else tuple(offsets),
+                  None if names is None else tuple(names), layers)
+        for f, v in zip(("dot", "gram", "wsq", "wabs", "wg2", "_offsets", "names", "_layers"), values):
+            object.__setattr__(self, f, v)
+
+    @property
+    def offsets(self) -> Tuple[int, ...]:
+        """L + 1 row offsets: layer ``l`` owns rows ``offsets[l]:offsets[l + 1]``."""
+        if self._offsets is None:
+            sizes = (w.shape[0] for w in self._layers)
+            object.__setattr__(self, "_offsets", tuple(itertools.accumulate(sizes, initial=0)))
+            object.__setattr__(self, "_layers", None)
+        return self._offsets
 
     @property
     def num_tasks(self) -> int:
@@ -281,9 +303,8 @@ def filter_stats_many(
     out = _filter_stats_fast(weights, grads, backend)
     if out is None:
         out, offsets = _filter_stats_checked(weights, grads, backend)
-    else:
-        offsets = tuple(itertools.accumulate((w.shape[0] for w in weights), initial=0))
-    return FilterStats(*out, offsets=tuple(offsets), names=None if names is None else tuple(names))
+        return FilterStats(*out, offsets=offsets, names=names)
+    return FilterStats(*out, names=names, layers=list(weights))
 
 
 def _filter_stats_fast(weights, grads, backend: str):
