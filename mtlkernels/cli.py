@@ -97,6 +97,10 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=["demo", "paper"], default="demo",
                    help="demo: the authors' VGG16 at 1/8 width on procedural scenes, 3 seeds in ~15 min on 2 CPU cores; paper: full VGG16 on "
                         "NYUv2, 100 filters every 500 iterations [%(default)s]")
+    g.add_argument("--protocol", choices=["study", "authors"], default="study",
+                   help="authors: the parts of the authors' pruning protocol the study can follow (at least 1 "
+                        "filter per layer, EMA scores with momentum 0.9, AdamW 5e-5 between prunes) "
+                        "[%(default)s]")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... [preset's]")
     g.add_argument("--seed", type=r("seed"), help="one seed (of data, init and sampling), its study in --out itself")
     g.add_argument("--seeds", type=r("seed"), nargs="+", metavar="K",
@@ -142,6 +146,8 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--ft-steps", dest="level_ft_steps", type=r("level_ft_steps"),
                    help="fine-tuning steps at each level")
     g.add_argument("--min-channels", type=r("min_channels"), help="filters kept per layer at least")
+    g.add_argument("--score-momentum", type=r("score_momentum"),
+                   help="scores as an EMA with this momentum over the steps since the last prune [their mean]")
     g.add_argument("--strategies", nargs="+", choices=["iterative", "reinit"])
     g.add_argument("--latency-repeats", type=r("latency_repeats"))
 
@@ -154,8 +160,8 @@ def _config(args):
     keys = ["device", "seed", "model", "width", "bn", "pools", "head", "head_channels", "dropout", "init", "dataset", "data_root", "data_cache", "n_train", "n_val", "n_test",
             "image_size", "train_steps", "batch_size", "lr", "criteria", "levels", "prune_every", "prune_amount",
             "level_ft_steps", "min_channels", "strategies", "latency_repeats", "threads", "ckpt_every",
-            "equivalence_margin"]
-    cfg = make_config(args.preset, **{k: getattr(args, k, None) for k in keys})
+            "equivalence_margin", "score_momentum"]
+    cfg = make_config(args.preset, args.protocol, **{k: getattr(args, k, None) for k in keys})
     if cfg.threads is None and cfg.preset == "demo" and cfg.device == "cpu":
         # the demo's small (and pruned, odd-width) convs gain little from intra-op threads, and on a
         # machine shared with other work 2+ threads can be 10x slower (threads waiting on each other)

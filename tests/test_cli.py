@@ -382,3 +382,21 @@ def test_several_seeds(tmp_path, capsys):
     assert "give one" in _usage_error(capsys, ["study", "--out", str(out), "--seeds", "0", "--seed", "1"] + args)
     (out / "report.md").unlink()
     assert cli.main(["report", "--out", str(out)]) == 0 and (out / "report.md").exists()
+
+
+def test_protocol_authors(tmp_path):
+    """--protocol authors: the feasible parts of the authors' protocol reach the pruner (EMA 0.9 scores,
+    AdamW between prunes, a floor of 1 filter); an explicit flag still wins over the protocol."""
+    from mtlkernels.study.config import PROTOCOLS
+
+    c = make_config("demo", "authors", min_channels=3)
+    assert (c.score_momentum, c.prune_optimizer, c.prune_lr, c.min_channels) == (0.9, "adamw", 5e-5, 3)
+    assert make_config("paper", "authors").min_channels == PROTOCOLS["authors"]["min_channels"] == 1
+    out = tmp_path / "a"
+    assert cli.main(["prune", "--out", str(out), "--protocol", "authors", "--criterion", "taylor"] + TINY) == 0
+    state = json.loads((out / "prune-taylor" / "state.json").read_text())
+    ck = torch.load(out / "prune-taylor" / state["ckpt"], weights_only=False)
+    assert ck["pruner"]["config"]["score_accumulation"] == ["ema", 0.9] and ck["pruner"]["config"]["min_channels"] == 1
+    group = ck["optimizer"]["param_groups"][0]
+    assert group["lr"] == 5e-5 and group["decoupled_weight_decay"]  # AdamW
+    assert json.loads((out / "config.json").read_text())["protocol"] == "authors"

@@ -49,6 +49,10 @@ class StudyConfig:
     level_ft_steps: int = 20  # fine-tuning steps after reaching each level, before evaluating it
     prune_lr: float = 5e-4
     prune_optimizer: str = "adam"  # between prunes: adam (with weight_decay) or adamw (the authors')
+    # scores: None = mean over the steps since the last prune; m = an EMA with momentum m over those steps
+    # (the authors' configs/MTLNet_nyu.json: use_momentum, pruning_momentum 0.9; theirs also runs on
+    # across prunes, which the driver's accumulator, reset at every prune, does not)
+    score_momentum: Optional[float] = None
     min_channels: int = 2
     ranking: str = "global"
     strategies: List[str] = field(default_factory=lambda: ["iterative", "reinit"])
@@ -66,6 +70,7 @@ class StudyConfig:
     threads: Optional[int] = None  # torch intra-op CPU threads (None: as set); CPU results depend on it
     ckpt_every: int = 100
     preset: str = "demo"
+    protocol: str = "study"  # "authors": PROTOCOLS["authors"] on top of the preset
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,6 +147,7 @@ class Range:
 RANGES: Dict[str, Range] = {
     "width": Range(float, 0, lo_open=True), "pools": Range(int, 0, 5), "head_channels": Range(int, 1),
     "dropout": Range(float, 0, 1, hi_open=True), "nyu_classes": Range(int, 2),
+    "score_momentum": Range(float, 0, 1, hi_open=True),
     "n_train": Range(int, 0), "n_val": Range(int, 0), "n_test": Range(int, 0), "image_size": Range(int, 0),
     # batch norm needs two values per channel, and the last feature map of a small image is 1x1
     "train_steps": Range(int, 1), "batch_size": Range(int, 2), "lr": Range(float, 0, lo_open=True),
@@ -162,8 +168,8 @@ NOT_CHECKPOINT_KEYS = {
     "equivalence_margin",
     # when checkpoints are written: a resumed run ends where an uninterrupted one does (tested)
     "ckpt_every",
-    # a name; the values it stands for are the other fields
-    "preset",
+    # names; the values they stand for are the other fields
+    "preset", "protocol",
     # where rendered scenes are cached; the file name holds the split, n, size, seed and renderer hash
     "data_cache",
     # a split the study never reads; each split's scenes are seeded apart from the others'
@@ -188,13 +194,25 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def make_config(preset: str = "demo", **overrides) -> StudyConfig:
-    """The preset's config with ``overrides`` (``None`` values are ignored)."""
+#: The parts of the authors' pruning protocol the study can follow (README, "The paper preset and the
+#: authors' protocol", lists the parts it cannot): no floor beyond one filter per layer, scores as an
+#: EMA with momentum 0.9 (reset at each prune by the driver; theirs is not), AdamW at 5e-5 between prunes.
+PROTOCOLS: Dict[str, Dict[str, Any]] = {
+    "study": {},
+    "authors": dict(min_channels=1, score_momentum=0.9, prune_optimizer="adamw", prune_lr=5e-5),
+}
+
+
+def make_config(preset: str = "demo", protocol: str = "study", **overrides) -> StudyConfig:
+    """The preset's config, then the protocol's settings, then ``overrides`` (``None`` values are ignored)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     d = StudyConfig().to_dict()
     d.update(PRESETS[preset])
-    d["preset"] = preset
+    d.update(PROTOCOLS[protocol])
+    d["preset"], d["protocol"] = preset, protocol
     for k, v in overrides.items():
         if v is None:
             continue
@@ -246,7 +264,8 @@ def check_config(cfg: StudyConfig) -> None:
     """Raise :class:`StudyInputError` naming the flag if ``cfg`` cannot run (before anything runs)."""
     for name, r in RANGES.items():
         v = getattr(cfg, name)
-        if name != "levels" and not (v is None and name in ("head_channels", "threads")) and not r.ok(v):
+        if name != "levels" and not (v is None and name in ("head_channels", "threads", "score_momentum")) \
+                and not r.ok(v):
             raise StudyInputError(f"{flag(name)} {v!r}: must be {r.describe()}")
     _check_lists(cfg)
     if cfg.model not in ("vgg16", "resnet18", "resnet34"):

@@ -145,7 +145,9 @@ class Study:
     def _pruner(self, model, criterion: str, optimizer=None) -> MultiTaskPruner:
         return MultiTaskPruner(model, TASKS, criterion, example_inputs=self.example, optimizer=optimizer,
                                exclude=head_conv_names(model), min_channels=self.cfg.min_channels,
-                               ranking=self.cfg.ranking, score_accumulation="mean", mode="compact",
+                               ranking=self.cfg.ranking, mode="compact",
+                               score_accumulation="mean" if self.cfg.score_momentum is None
+                               else ("ema", self.cfg.score_momentum),
                                seed=self.cfg.seed, warn_unsupported=False)
 
     # ------------------------------------------------------------------------------ trivial
