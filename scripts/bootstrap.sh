@@ -22,7 +22,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   pipq "${MTL_TORCH:-torch==2.13.0}"
   "$VPY" -c "import torch" || { echo "[bootstrap] torch failed to install"; exit 1; }
 fi
-if ! "$VPY" -c "import triton, numpy, ninja, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib" 2>/dev/null; then
+if ! "$VPY" -c "import triton, numpy, ninja, pytest, pytest_benchmark, hypothesis, tqdm, matplotlib, scipy" 2>/dev/null; then
   echo "[bootstrap] installing requirements-dev.txt"
   pipq -r requirements-dev.txt
 fi
