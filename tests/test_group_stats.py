@@ -48,7 +48,7 @@ def _by_loop(ws, gs, index, num_groups):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("t", [1, 3])
-def test_sum_by_matches_float64_groups(backend, dtype, t):
+def test_sum_by_matches_float64_groups(backend, dtype, t, poison):
     ws, gs = _layers(0, t, dtype)
     stats = filter_stats_many(ws, gs, backend=backend)
     F = stats.num_filters
