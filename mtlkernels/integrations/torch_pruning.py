@@ -196,6 +196,7 @@ class MultiTaskImportance(tp.importance.Importance):
         self._acc = ScoreAccumulator(None)
         self.num_batches = 0
         self._warned_eval = False
+        self._warned_tasks: set = set()   # tasks whose detached loss was already named
 
     # ----------------------------------------------------------------------------- accumulate
     def reset(self) -> None:
@@ -242,13 +243,7 @@ class MultiTaskImportance(tp.importance.Importance):
         grads = _grads.task_grads(loss_list, params, retain_graph)
         if set_grad:
             _grads.add_to_grad(params, _grads.weighted_sum(params, grads, lam))
-        index = {id(p): j for j, p in enumerate(params)}
-
-        def grad_of(w: Tensor) -> List[Tensor]:
-            j = index.get(id(w))
-            return [torch.zeros_like(w) if j is None or g[j] is None else g[j] for g in grads]
-
-        s = self._scores(self._layout, grad_of, lam)
+        s = self._scores(self._layout, _grads.grads_by_param(params, grads), lam)
         self._acc.update(s)
         return s
 
@@ -264,16 +259,7 @@ class MultiTaskImportance(tp.importance.Importance):
             if len(vals) != len(names):
                 raise ValueError(f"expected {len(names)} losses, got {len(vals)}")
             self.tasks = names
-        out = []
-        for t, v in zip(names, vals):
-            if not isinstance(v, Tensor) or v.numel() != 1:
-                raise ValueError(f"the loss of task {t!r} must be a scalar tensor")
-            if not v.requires_grad:
-                # it would silently count as a zero gradient for that task
-                warnings.warn(f"the loss of task {t!r} does not require grad: it contributes no gradient",
-                              UserWarning, stacklevel=3)
-            out.append(v.reshape(()) if v.requires_grad else None)
-        return out
+        return [_grads.loss_or_none(t, v, self._warned_tasks) for t, v in zip(names, vals)]
 
     def _lambda(self, num_tasks: int) -> List[float]:
         tw = self.task_weights

@@ -288,33 +288,14 @@ class MultiTaskPruner:
             vals = list(losses)
             if len(vals) != len(self.tasks):
                 raise ValueError(f"expected {len(self.tasks)} losses, got {len(vals)}")
-        out = []
-        for t, v in zip(self.tasks, vals):
-            if not isinstance(v, Tensor) or v.numel() != 1:
-                raise ValueError(f"loss of task {t!r} must be a scalar tensor")
-            if not v.requires_grad and t not in self._warned_tasks:
-                # a detached loss would silently count as a zero gradient for that task
-                warnings.warn(f"the loss of task {t!r} does not require grad (detached, or computed "
-                              "under no_grad): it contributes no gradient and no score", UserWarning, stacklevel=3)
-                self._warned_tasks.add(t)
-            out.append(v.reshape(()) if v.requires_grad else None)
-        return out
+        return [_grads.loss_or_none(t, v, self._warned_tasks) for t, v in zip(self.tasks, vals)]
 
     def _task_grads(self, losses: List[Optional[Tensor]], params: List[Tensor], retain_graph: bool):
         """``[T][P]`` per-task gradients (None where unused)."""
-        T = len(losses)
-        live = [i for i, l in enumerate(losses) if l is not None]
-        grads: List[List[Optional[Tensor]]] = [[None] * len(params) for _ in range(T)]
-        if not live:
-            return grads
-        if self.grad_mode == "batched" and self._batched_ok is not False and len(live) > 1:
+        live = sum(l is not None for l in losses)
+        if self.grad_mode == "batched" and self._batched_ok is not False and live > 1:
             try:
-                stacked = torch.stack([losses[i] for i in live])
-                eye = torch.eye(len(live), dtype=stacked.dtype, device=stacked.device)
-                gb = torch.autograd.grad(stacked, params, grad_outputs=eye, is_grads_batched=True,
-                                         retain_graph=retain_graph, allow_unused=True)
-                for j, i in enumerate(live):
-                    grads[i] = [None if g is None else g[j] for g in gb]
+                grads = _grads.batched_task_grads(losses, params, retain_graph)
                 self._batched_ok = True
                 return grads
             except RuntimeError as exc:
@@ -351,13 +332,7 @@ class MultiTaskPruner:
         if not self._scorer.members:  # nothing prunable: count the batch all the same
             self._acc.update(torch.zeros(0, dtype=torch.float64))
             return torch.zeros(0, dtype=torch.float64)
-        index = {id(p): j for j, p in enumerate(params)}
-
-        def grad_of(w: Tensor) -> List[Tensor]:
-            j = index.get(id(w))
-            return [torch.zeros_like(w) if j is None or g[j] is None else g[j] for g in grads]
-
-        s = self._scorer.batch_scores(grad_of)
+        s = self._scorer.batch_scores(_grads.grads_by_param(params, grads))
         self._acc.update(s)
         return s   # on the model's device: no copy to the host per step
 
@@ -433,7 +408,6 @@ class MultiTaskPruner:
         """``[G]`` float64 score of every channel group; ``inf`` (never pruned) for groups with no
         scored member or no finite score."""
         return self._scorer.group_scores(self.scores(), self._alive, self.layer_norm, self.group_reduction)
-
 
     def select(self, n: int, gscore: Optional[Tensor] = None) -> List[int]:
         """The group ids ``prune(n)`` would remove (the ranking, without touching the model)."""

@@ -21,6 +21,7 @@ scores combined by ``group_reduction``.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -161,21 +162,24 @@ class Scorer:
         ``row_groups`` (each statistics row's ``Member.groups`` entry) without an analysis."""
         sc = cls(criterion, "group", None, backend, None)
         sc.modules, sc.members = modules, list(members)
-        sc.row_groups = sc._row_order()
+        sc._row_order()
         return sc
 
-    def _row_order(self) -> Tensor:
-        """The members' ``groups`` in statistics-row order: the 2-D+ members in order, then the
-        1-D ones (packed into one layer by ``_inputs``)."""
-        rows = [m.groups for m in self.members if self._tensor(m).dim() > 1]
-        vecs = [m.groups for m in self.members if self._tensor(m).dim() == 1]
-        return torch.cat(rows + vecs) if rows or vecs else torch.zeros(0, dtype=torch.int64)
+    def _row_order(self) -> None:
+        """``row_groups`` (the members' ``groups``) and ``row_member`` (the member index) of every
+        statistics row, in row order: the 2-D+ members in order, then the 1-D ones (packed into
+        one layer by ``_inputs``)."""
+        order = sorted(range(len(self.members)), key=lambda i: self._tensor(self.members[i]).dim() == 1)
+        sizes = torch.tensor([self.members[i].groups.numel() for i in order], dtype=torch.int64)
+        self.row_member = torch.repeat_interleave(torch.tensor(order, dtype=torch.int64), sizes)
+        self.row_groups = (torch.cat([self.members[i].groups for i in order]) if order
+                           else torch.zeros(0, dtype=torch.int64))
 
     def layout(self, an: Analysis, modules: Dict[str, nn.Module]) -> None:
         """(Re)build the row layout after an analysis: members, row -> group, segments."""
         self.an, self.modules = an, modules
         self.members = members_of(an, modules, self.which, self.scope)
-        self.row_groups = self._row_order()
+        self._row_order()
         # group scope: groups sorted by their anchor layer (first member layer), so that a
         # per-layer criterion (taylor_task_mean_norm) and layer_norm see segments
         G = an.num_groups
@@ -186,7 +190,7 @@ class Scorer:
         self.group_pos = torch.empty(G, dtype=torch.int64)
         self.group_pos[order] = torch.arange(G)
         counts = torch.bincount(anchor, minlength=len(layer_pos) + 1).tolist()
-        self.group_offsets = tuple(int(x) for x in torch.tensor([0] + counts).cumsum(0).tolist())
+        self.group_offsets = tuple(itertools.accumulate(counts, initial=0))
         self.group_anchor = anchor
         self.has_member = torch.zeros(G, dtype=torch.bool)
         self.has_member[self.row_groups[self.row_groups >= 0]] = True
@@ -259,9 +263,8 @@ class Scorer:
         if self.scope == "group":
             gs = _normalise(rows, self.group_anchor, alive, layer_norm)
         else:
-            row_layer = _row_layers(self.members, self.row_groups.numel())
             live = (self.row_groups >= 0) & alive[self.row_groups.clamp_min(0)]
-            rows = _normalise(rows, row_layer, live, layer_norm)
+            rows = _normalise(rows, self.row_member, live, layer_norm)
             valid = self.row_groups >= 0
             red = {"sum": "sum", "mean": "mean", "max": "amax", "min": "amin"}[reduction]
             gs = torch.zeros(self.an.num_groups, dtype=torch.float64).scatter_reduce(
@@ -269,11 +272,6 @@ class Scorer:
         gs = torch.nan_to_num(gs, nan=math.inf)
         gs[~self.has_member] = math.inf
         return gs
-
-
-def _row_layers(members: List[Member], n: int) -> Tensor:
-    sizes = [m.groups.numel() for m in members]
-    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.int64))[:n]
 
 
 def _normalise(v: Tensor, seg: Tensor, live: Tensor, how: str) -> Tensor:
@@ -305,8 +303,8 @@ def _exact_where_float32_fails(stats: _ops.FilterStats, weights, grads) -> _ops.
     if not bool(bad.any()):
         return stats
     offs = stats.offsets
-    layers = sorted({int(torch.searchsorted(torch.tensor(offs), r, right=True)) - 1
-                     for r in torch.nonzero(bad).flatten().tolist()})
+    rows = torch.nonzero(bad.cpu()).flatten()
+    layers = torch.unique(torch.searchsorted(torch.tensor(offs[1:]), rows, right=True)).tolist()
     out = [t.to(torch.float64) for t in stats.tensors()]
     redo = _ops.filter_stats_many([weights[l].double() for l in layers],
                                   [[g.double() for g in grads[l]] for l in layers], backend="reference")
