@@ -37,7 +37,7 @@ from . import ranking as _ranking
 from . import surgery as _surgery
 from .io import (CheckpointError, architecture, atomic_save, check_fingerprint, fingerprint, model_from_checkpoint,
                  read_kind)
-from .scoring import DRIVER_CRITERIA, LAYER_NORMS, REDUCTIONS, SCOPES, ScoreAccumulator, Scorer
+from .scoring import DRIVER_CRITERIA, LAYER_NORMS, REDUCTIONS, SCOPES, ScoreAccumulator, Scorer, match_rows
 
 __all__ = ["MultiTaskPruner", "PruneReport", "GRAD_CRITERIA", "WEIGHT_CRITERIA", "PRUNER_CRITERIA"]
 
@@ -105,10 +105,18 @@ class MultiTaskPruner:
             by ``group_reduction``.
         group_reduction: ``scope="filter"`` only: how a group's member filters' scores combine:
             ``sum`` (default), ``mean``, ``max``, ``min``.
-        score_accumulation: ``"mean"`` (mean over batches since the last prune, the paper's code)
+        score_accumulation: ``"mean"`` (mean over batches since the last prune, or with
+            ``carry_scores`` since the first)
             or ``("ema", momentum)``.
+        carry_scores: keep the accumulated scores of the surviving groups (or filters) across
+            prunes instead of starting afresh after each: the mean (or EMA) then runs over every
+            batch since the first ``accumulate``. The authors' Taylor arm does this (their gate
+            scores are never reset); compaction renumbers the groups, and the scores follow them.
         task_weights: per-task loss weights (dict or sequence): ``p.grad = sum_t w_t g_t`` and the
             criteria's ``lambda``.
+        step_weights: per-task weights of the gradient ``accumulate`` leaves for the optimizer
+            when it should differ from ``task_weights`` (which the criteria keep), e.g. the
+            authors' ``grad L_last + 2 grad L_sum``: ``(2, ..., 2, 3)``.
         mode: ``"compact"`` (physically remove channels) or ``"mask"`` (zero them).
         seed: seed of the pruner's own generator (``random`` criterion), saved with its state.
         score_every: compute per-task gradients and scores on every ``k``-th batch since the last
@@ -140,7 +148,9 @@ class MultiTaskPruner:
         group_reduction: str = "sum",
         scope: str = "group",
         score_accumulation: Union[str, Tuple[str, float], List] = "mean",
+        carry_scores: bool = False,
         task_weights: Optional[Union[Mapping[str, float], Sequence[float]]] = None,
+        step_weights: Optional[Union[Mapping[str, float], Sequence[float]]] = None,
         mode: str = "compact",
         seed: int = 0,
         grad_mode: str = "loop",
@@ -191,18 +201,9 @@ class MultiTaskPruner:
         self.group_reduction = group_reduction
         self.scope = scope
         self.score_accumulation = score_accumulation if isinstance(score_accumulation, str) else ["ema", self._ema]
-        if isinstance(task_weights, Mapping):
-            unknown = set(task_weights) - set(self.tasks)
-            if unknown:
-                raise ValueError(f"task_weights names unknown tasks {sorted(unknown)}")
-            tw = [float(task_weights.get(t, 1.0)) for t in self.tasks]
-        elif task_weights is None:
-            tw = None
-        else:
-            tw = [float(v) for v in task_weights]
-            if len(tw) != len(self.tasks):
-                raise ValueError(f"task_weights must have {len(self.tasks)} entries, got {len(tw)}")
-        self.task_weights = tw
+        self.carry_scores = bool(carry_scores)
+        self.task_weights = tw = self._per_task("task_weights", task_weights)
+        self.step_weights = self._per_task("step_weights", step_weights)
         self.mode = mode
         self.seed = int(seed)
         self.grad_mode = grad_mode
@@ -233,6 +234,20 @@ class MultiTaskPruner:
         self._mask = _surgery.Masks()
         if mode == "mask":
             self._mask.install_hooks(self.an, self._modules, self.optimizer)
+
+    def _per_task(self, name: str, w) -> Optional[List[float]]:
+        """Per-task weights in task order from a dict (missing tasks 1) or a sequence; None stays."""
+        if w is None:
+            return None
+        if isinstance(w, Mapping):
+            unknown = set(w) - set(self.tasks)
+            if unknown:
+                raise ValueError(f"{name} names unknown tasks {sorted(unknown)}")
+            return [float(w.get(t, 1.0)) for t in self.tasks]
+        out = [float(v) for v in w]
+        if len(out) != len(self.tasks):
+            raise ValueError(f"{name} must have {len(self.tasks)} entries, got {len(out)}")
+        return out
 
     # ------------------------------------------------------------------------------- analysis
     def _analyse(self) -> None:
@@ -309,14 +324,15 @@ class MultiTaskPruner:
         """Per-task gradients of one minibatch -> scores, accumulated.
 
         Leaves ``p.grad += sum_t w_t dL_t/dp`` on every trainable parameter (as ``backward`` on
-        the weighted summed loss would), so the caller then runs ``optimizer.step()``.
+        the weighted summed loss would; ``w`` = ``step_weights``, else ``task_weights``), so the
+        caller then runs ``optimizer.step()``.
         Returns this batch's float64 scores: one per channel group (``scope="group"``) or per
         scored filter (``scope="filter"``); empty for criteria that need no gradients (they run
         one backward pass and score the weights at ``prune`` time).
         """
         loss_list = self._loss_list(losses)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        tw = self.task_weights or [1.0] * len(self.tasks)
+        tw = self.step_weights or self.task_weights or [1.0] * len(self.tasks)
         # per-task gradients only on every score_every-th batch (and the first after a prune):
         # T backward passes cost 2.3-2.6x a plain step, and the scores are averages anyway
         scoring = self._scorer.needs_grads and self.num_batches % self.score_every == 0
@@ -460,19 +476,24 @@ class MultiTaskPruner:
         report.layer_channels = {k: (layer_before[k], after[k]) for k in layer_before if layer_before[k] != after[k]}
         report.channels_after = self.num_channels()
         self.num_prunes += 1
-        self._acc.reset()
+        if not self.carry_scores:
+            self._acc.reset()
         self.num_batches = 0
         self.history.append(report.to_dict())
         return report
 
     # ------------------------------------------------------------------------------- compaction
     def _compact(self, pruned: Tensor) -> None:
+        carry = self.carry_scores and self._acc.acc is not None
+        before = self._scorer.row_identity(self._orig) if carry else None
         keep_out = _surgery.compact(self.an, self._modules, pruned, self.optimizer, self.backend)
         for name, ko in keep_out.items():
             if ko is not None:
                 self._orig[name] = self._orig[name][ko]
         self._analyse()
         self._alive = torch.ones(self.an.num_groups, dtype=torch.bool)
+        if carry:   # the analysis renumbered the groups (and rows): the scores follow their channels
+            self._acc.carry(match_rows(before, self._scorer.row_identity(self._orig)))
 
     # ------------------------------------------------------------------------------- masking
     @property
@@ -517,7 +538,8 @@ class MultiTaskPruner:
             "tasks": list(self.tasks), "criterion": self.criterion, "exclude": list(self.exclude),
             "min_channels": self.min_channels, "round_to": self.round_to, "ranking": self.ranking,
             "layer_norm": self.layer_norm, "group_reduction": self.group_reduction, "scope": self.scope,
-            "score_accumulation": self.score_accumulation, "task_weights": self.task_weights,
+            "score_accumulation": self.score_accumulation, "carry_scores": self.carry_scores,
+            "task_weights": self.task_weights, "step_weights": self.step_weights,
             "mode": self.mode, "seed": self.seed, "grad_mode": self.grad_mode, "backend": self.backend,
             "score_every": self.score_every,
             "sync_grads": self.sync_grads,

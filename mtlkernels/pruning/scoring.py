@@ -33,7 +33,7 @@ from .. import criteria as _criteria
 from .. import ops as _ops
 from .graph import Analysis
 
-__all__ = ["DRIVER_CRITERIA", "SCOPES", "Member", "ScoreAccumulator", "Scorer"]
+__all__ = ["DRIVER_CRITERIA", "SCOPES", "Member", "ScoreAccumulator", "Scorer", "match_rows"]
 
 SCOPES = ("group", "filter")
 #: driver-level criteria: name -> (criteria-module formula, which member tensors it reads)
@@ -58,6 +58,7 @@ class Member:
     attr: str
     transpose: bool       # convT weights hold output channels in dim 1
     groups: Tensor        # [rows] group id per row (-1: never pruned)
+    source: str = ""      # the analysis layer (``Analysis.layers`` key) whose channels the rows are
 
 
 def members_of(an: Analysis, modules: Dict[str, nn.Module], which: str, scope: str) -> List[Member]:
@@ -79,7 +80,8 @@ def members_of(an: Analysis, modules: Dict[str, nn.Module], which: str, scope: s
         for attr in attrs:
             t = mod._parameters.get(attr)   # parameters only: never a norm's running statistics
             if isinstance(t, Tensor):
-                out.append(Member(info.module, attr, info.kind == "convT" and attr == "weight", info.out_groups))
+                out.append(Member(info.module, attr, info.kind == "convT" and attr == "weight", info.out_groups,
+                                  info.name))
     return out
 
 
@@ -121,6 +123,20 @@ class ScoreAccumulator:
         if self.ema is None:
             return torch.where(self.count > 0, self.acc / self.count.clamp_min(1), nan)
         return torch.where(self.count > 0, self.acc, nan)
+
+    def carry(self, index: Tensor) -> None:
+        """Re-index the rows after a compaction: new row ``r`` takes old row ``index[r]``, or starts
+        empty where ``index[r] < 0``."""
+        if self.acc is None:
+            return
+        if self.acc.numel() == 0:
+            self.reset()
+            return
+        idx = index.to(self.acc.device)
+        ok, src = idx >= 0, idx.clamp_min(0)
+        self.acc = torch.where(ok, self.acc[src], torch.zeros((), dtype=self.acc.dtype, device=idx.device))
+        self.count = torch.where(ok, self.count[src], torch.zeros((), dtype=torch.int64, device=idx.device))
+        self.nonfinite = torch.where(ok, self.nonfinite[src], torch.zeros((), dtype=torch.int64, device=idx.device))
 
     def state_dict(self) -> Dict[str, Optional[Tensor]]:
         return {"acc": self.acc, "count": self.count, "nonfinite": self.nonfinite}
@@ -170,6 +186,7 @@ class Scorer:
         statistics row, in row order: the 2-D+ members in order, then the 1-D ones (packed into
         one layer by ``_inputs``)."""
         order = sorted(range(len(self.members)), key=lambda i: self._tensor(self.members[i]).dim() == 1)
+        self._order = order
         sizes = torch.tensor([self.members[i].groups.numel() for i in order], dtype=torch.int64)
         self.row_member = torch.repeat_interleave(torch.tensor(order, dtype=torch.int64), sizes)
         self.row_groups = (torch.cat([self.members[i].groups for i in order]) if order
@@ -207,6 +224,28 @@ class Scorer:
 
     def _tensor(self, m: Member) -> Tensor:
         return getattr(self.modules[m.layer], m.attr)
+
+    def row_identity(self, orig: Dict[str, Tensor]) -> Tensor:
+        """``[rows]`` int64 identity of every accumulator row that survives compaction unchanged:
+        group scope, per group the least (layer, original channel) among its members; filter
+        scope, (member, original channel). ``orig[layer]`` maps the layer's current channels to
+        its unpruned numbering. Layers are numbered by sorted name, so two analyses of one model
+        agree."""
+        rank = {n: i for i, n in enumerate(sorted(self.an.layers))}
+        if self.scope == "group":
+            out = torch.full((self.an.num_groups,), torch.iinfo(torch.int64).max, dtype=torch.int64)
+            for name, info in self.an.layers.items():
+                ok = info.out_groups >= 0
+                key = rank[name] * 2 ** 32 + orig[name][ok]
+                out.scatter_reduce_(0, info.out_groups[ok], key, reduce="amin")
+            return out
+        keys = []
+        for m in self.members:
+            if not m.source:
+                raise ValueError("carrying scores across a compaction needs members from an analysis")
+            attr = [a for a, _ in self.an.layers[m.source].tensors].index(m.attr)
+            keys.append((rank[m.source] * 16 + attr) * 2 ** 32 + orig[m.source])
+        return torch.cat([keys[i] for i in self._order]) if keys else torch.zeros(0, dtype=torch.int64)
 
     # ------------------------------------------------------------------------------- stats
     def _inputs(self, grad_of) -> Tuple[List[Tensor], List[List[Tensor]]]:
@@ -272,6 +311,15 @@ class Scorer:
         gs = torch.nan_to_num(gs, nan=math.inf)
         gs[~self.has_member] = math.inf
         return gs
+
+
+def match_rows(old: Tensor, new: Tensor) -> Tensor:
+    """``[len(new)]``: the position of each ``new`` identity in ``old``, or -1 (identities unique)."""
+    if old.numel() == 0:
+        return torch.full_like(new, -1)
+    srt = torch.sort(old)
+    pos = torch.searchsorted(srt.values, new).clamp_max(old.numel() - 1)
+    return torch.where(srt.values[pos] == new, srt.indices[pos], torch.full_like(new, -1))
 
 
 def _normalise(v: Tensor, seg: Tensor, live: Tensor, how: str) -> Tensor:
