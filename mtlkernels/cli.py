@@ -148,6 +148,11 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--min-channels", type=r("min_channels"), help="filters kept per layer at least")
     g.add_argument("--score-momentum", type=r("score_momentum"),
                    help="scores as an EMA with this momentum over the steps since the last prune [their mean]")
+    g.add_argument("--step-weights", type=float, nargs=3, metavar=("SEG", "DEPTH", "NORMAL"),
+                   help="task weights of the gradient the optimizer steps on while pruning [1 1 1]; the "
+                        "authors' grad L_last + 2 grad L_sum is 2 3 2")
+    g.add_argument("--prune-weight-decay", type=r("prune_weight_decay"),
+                   help="weight decay between prunes [--weight-decay's]")
     g.add_argument("--strategies", nargs="+", choices=["iterative", "reinit"])
     g.add_argument("--latency-repeats", type=r("latency_repeats"))
 
@@ -160,7 +165,7 @@ def _config(args):
     keys = ["device", "seed", "model", "width", "bn", "pools", "head", "head_channels", "dropout", "init", "dataset", "data_root", "data_cache", "n_train", "n_val", "n_test",
             "image_size", "train_steps", "batch_size", "lr", "criteria", "levels", "prune_every", "prune_amount",
             "level_ft_steps", "min_channels", "strategies", "latency_repeats", "threads", "ckpt_every",
-            "equivalence_margin", "score_momentum"]
+            "equivalence_margin", "score_momentum", "step_weights", "prune_weight_decay"]
     cfg = make_config(args.preset, args.protocol, **{k: getattr(args, k, None) for k in keys})
     if cfg.threads is None and cfg.preset == "demo" and cfg.device == "cpu":
         # the demo's small (and pruned, odd-width) convs gain little from intra-op threads, and on a

@@ -122,7 +122,19 @@ BAD = [(["--steps", "-5"], "--steps", ">= 1"), (["--steps", "0"], "--steps", ">=
        (["--lr", "nan"], "--lr", "> 0"), (["--lr", "1e-3x"], "--lr", "> 0"), (["--seed", "-1"], "--seed", ">= 0"),
        (["--criterion", "taylor", "taylor"], "--criterion", "duplicates"),
        (["--data-root", "/nonexistent/nyu"], "--data-root", "existing folder"),
-       (["--latency-repeats", "0"], "--latency-repeats", ">= 1"), (["--width", "inf"], "--width", "> 0")]
+       (["--latency-repeats", "0"], "--latency-repeats", ">= 1"), (["--width", "inf"], "--width", "> 0"),
+       (["--step-weights", "1", "nan", "2"], "--step-weights", "3 finite numbers >= 0"),
+       (["--step-weights", "1", "-1", "2"], "--step-weights", "3 finite numbers >= 0"),
+       (["--prune-weight-decay", "-1"], "--prune-weight-decay", ">= 0")]
+
+
+def test_bad_criterion_settings():
+    from mtlkernels.study.config import StudyInputError, check_config
+
+    for bad in ({"nope": {}}, {"taylor": {"scope": "layer"}}, {"cosine": {"min_channels": 0}},
+                {"taylor": {"carry_scores": 1}}, {"taylor": {"sideways": True}}, {"taylor": 3}):
+        with pytest.raises(StudyInputError, match="criterion_settings"):
+            check_config(make_config("demo", criterion_settings=bad))
 
 
 @pytest.mark.parametrize("bad, flag, why", BAD, ids=[" ".join(b[0]) for b in BAD])
@@ -385,18 +397,41 @@ def test_several_seeds(tmp_path, capsys):
 
 
 def test_protocol_authors(tmp_path):
-    """--protocol authors: the feasible parts of the authors' protocol reach the pruner (EMA 0.9 scores,
-    AdamW between prunes, a floor of 1 filter); an explicit flag still wins over the protocol."""
+    """--protocol authors: the feasible parts of the authors' protocol reach each criterion's pruner
+    (Taylor: group scope, scores carried across prunes, floor 1; cosine: per weight filter, reset at
+    each prune, floor 5; both plain means) and the optimizer between prunes (AdamW lr 5e-5, decay
+    0.01, stepping on 2 3 2 x the task gradients); an explicit flag still wins over the protocol."""
     from mtlkernels.study.config import PROTOCOLS
 
     c = make_config("demo", "authors", min_channels=3)
-    assert (c.score_momentum, c.prune_optimizer, c.prune_lr, c.min_channels) == (0.9, "adamw", 5e-5, 3)
+    assert (c.score_momentum, c.prune_optimizer, c.prune_lr, c.min_channels) == (None, "adamw", 5e-5, 3)
     assert make_config("paper", "authors").min_channels == PROTOCOLS["authors"]["min_channels"] == 1
     out = tmp_path / "a"
-    assert cli.main(["prune", "--out", str(out), "--protocol", "authors", "--criterion", "taylor"] + TINY) == 0
-    state = json.loads((out / "prune-taylor" / "state.json").read_text())
-    ck = torch.load(out / "prune-taylor" / state["ckpt"], weights_only=False)
-    assert ck["pruner"]["config"]["score_accumulation"] == ["ema", 0.9] and ck["pruner"]["config"]["min_channels"] == 1
-    group = ck["optimizer"]["param_groups"][0]
-    assert group["lr"] == 5e-5 and group["decoupled_weight_decay"]  # AdamW
+    assert cli.main(["prune", "--out", str(out), "--protocol", "authors", "--criterion", "taylor", "cosine"]
+                    + TINY) == 0
+    want = {"taylor": ("group", True, 1), "cosine": ("filter", False, 5)}
+    for crit, (scope, carry, floor) in want.items():
+        state = json.loads((out / f"prune-{crit}" / "state.json").read_text())
+        ck = torch.load(out / f"prune-{crit}" / state["ckpt"], weights_only=False)
+        pc = ck["pruner"]["config"]
+        assert (pc["scope"], pc["carry_scores"], pc["min_channels"]) == (scope, carry, floor), crit
+        assert pc["score_accumulation"] == "mean" and pc["step_weights"] == [2.0, 3.0, 2.0]
+        group = ck["optimizer"]["param_groups"][0]
+        assert group["lr"] == 5e-5 and group["decoupled_weight_decay"] and group["weight_decay"] == 0.01  # AdamW
     assert json.loads((out / "config.json").read_text())["protocol"] == "authors"
+
+
+def test_settings_added_later_resume_older_runs(tmp_path):
+    """A folder written before step_weights, prune_weight_decay and criterion_settings existed ran
+    with their defaults: it still resumes (and one that recorded another value does not)."""
+    out = tmp_path / "old"
+    assert cli.main(["train", "--out", str(out)] + TINY) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    for k in ("step_weights", "prune_weight_decay", "criterion_settings"):
+        del cfg[k]
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert cli.main(["train", "--out", str(out)] + TINY) == 0
+    cfg["step_weights"] = [2.0, 3.0, 2.0]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--out", str(out)] + TINY)

@@ -49,11 +49,17 @@ class StudyConfig:
     level_ft_steps: int = 20  # fine-tuning steps after reaching each level, before evaluating it
     prune_lr: float = 5e-4
     prune_optimizer: str = "adam"  # between prunes: adam (with weight_decay) or adamw (the authors')
+    prune_weight_decay: Optional[float] = None  # between prunes (None: weight_decay; AdamW's default is 0.01)
     # scores: None = mean over the steps since the last prune; m = an EMA with momentum m over those steps
-    # (the authors' configs/MTLNet_nyu.json: use_momentum, pruning_momentum 0.9; theirs also runs on
-    # across prunes, which the driver's accumulator, reset at every prune, does not)
+    # (the authors' engine reads pruning_momentum but its cosine-engine path never uses it)
     score_momentum: Optional[float] = None
     min_channels: int = 2
+    # per-criterion pruner settings over the above: {criterion: {min_channels, scope, carry_scores}}
+    # (the authors' Taylor and cosine arms differ in all three: PROTOCOLS["authors"])
+    criterion_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # per-task weights (seg, depth, normal) of the gradient the optimizer steps on while pruning (None:
+    # the summed loss, the gradient the scores come from)
+    step_weights: Optional[List[float]] = None
     ranking: str = "global"
     strategies: List[str] = field(default_factory=lambda: ["iterative", "reinit"])
     control: bool = True  # retrain the unpruned architecture from scratch too (with reinit)
@@ -153,10 +159,13 @@ RANGES: Dict[str, Range] = {
     "train_steps": Range(int, 1), "batch_size": Range(int, 2), "lr": Range(float, 0, lo_open=True),
     "weight_decay": Range(float, 0), "levels": Range(float, 0, 1, lo_open=True, hi_open=True),
     "prune_every": Range(int, 1), "prune_amount": Range(int, 1), "level_ft_steps": Range(int, 0),
-    "prune_lr": Range(float, 0, lo_open=True), "min_channels": Range(int, 1), "eval_batch": Range(int, 1),
+    "prune_lr": Range(float, 0, lo_open=True), "prune_weight_decay": Range(float, 0), "min_channels": Range(int, 1), "eval_batch": Range(int, 1),
     "latency_batch": Range(int, 1), "latency_repeats": Range(int, 1), "seed": Range(int, 0),
     "ckpt_every": Range(int, 1), "threads": Range(int, 1), "equivalence_margin": Range(float, 0, lo_open=True),
 }
+
+#: numeric settings whose None means "not set" (a default taken from elsewhere)
+_MAY_BE_NONE = ("head_channels", "threads", "score_momentum", "prune_weight_decay")
 
 #: Settings that cannot change any saved result, so a resumed run may differ in them; every other
 #: field is a checkpoint key (a new field is one unless it is listed here with its reason).
@@ -194,12 +203,19 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-#: The parts of the authors' pruning protocol the study can follow (README, "The paper preset and the
-#: authors' protocol", lists the parts it cannot): no floor beyond one filter per layer, scores as an
-#: EMA with momentum 0.9 (reset at each prune by the driver; theirs is not), AdamW at 5e-5 between prunes.
+#: The parts of the authors' pruning protocol the study can follow (their main.py and
+#: taylor_pruning/cosine_pruning_engine.py; README, "The paper preset and the authors' protocol", lists
+#: the parts it cannot). Taylor: gate Taylor (group scope) averaged over every batch since pruning began
+#: (never reset), no per-layer floor (the driver keeps 1). Cosine: per conv weight filter (filter scope),
+#: averaged since the last prune, at least 5 filters per layer. Both: plain means (no momentum), AdamW
+#: (lr 5e-5, PyTorch's default decay 0.01), and steps on grad L_last + 2 grad L_sum: their task order is
+#: seg, normal, depth, so depth is L_last, and in the study's order (seg, depth, normal) that is 2, 3, 2.
 PROTOCOLS: Dict[str, Dict[str, Any]] = {
     "study": {},
-    "authors": dict(min_channels=1, score_momentum=0.9, prune_optimizer="adamw", prune_lr=5e-5),
+    "authors": dict(min_channels=1, score_momentum=None, prune_optimizer="adamw", prune_lr=5e-5,
+                    prune_weight_decay=0.01, step_weights=[2.0, 3.0, 2.0],
+                    criterion_settings={"taylor": {"min_channels": 1, "scope": "group", "carry_scores": True},
+                                        "cosine": {"min_channels": 5, "scope": "filter", "carry_scores": False}}),
 }
 
 
@@ -245,6 +261,26 @@ def _check_lists(cfg: StudyConfig) -> None:
                                   f"from {', '.join(known)}")
 
 
+_SETTINGS = {"min_channels": lambda v: RANGES["min_channels"].ok(v), "scope": lambda v: v in ("group", "filter"),
+             "carry_scores": lambda v: isinstance(v, bool)}
+
+
+def _check_pruner_settings(cfg: StudyConfig) -> None:
+    from ..pruning import PRUNER_CRITERIA
+
+    for crit, kw in cfg.criterion_settings.items():
+        bad = [f"{k}={v!r}" for k, v in (kw.items() if isinstance(kw, dict) else [("settings", kw)])
+               if k not in _SETTINGS or not _SETTINGS[k](v)]
+        if crit not in PRUNER_CRITERIA or bad:
+            raise StudyInputError(f"criterion_settings[{crit!r}]: " + (", ".join(bad) if bad else "unknown criterion")
+                                  + "; each criterion of " + ", ".join(PRUNER_CRITERIA) + " may set min_channels "
+                                  "(an integer >= 1), scope (group or filter), carry_scores (true or false)")
+    w = cfg.step_weights
+    if w is not None and (len(w) != 3 or not all(Range(float, 0).ok(float(v)) for v in w)):
+        raise StudyInputError(f"--step-weights {' '.join(map(str, w))}: must be 3 finite numbers >= 0, "
+                              "for seg, depth, normal")
+
+
 def _check_device(device: str) -> None:
     import torch
 
@@ -264,10 +300,11 @@ def check_config(cfg: StudyConfig) -> None:
     """Raise :class:`StudyInputError` naming the flag if ``cfg`` cannot run (before anything runs)."""
     for name, r in RANGES.items():
         v = getattr(cfg, name)
-        if name != "levels" and not (v is None and name in ("head_channels", "threads", "score_momentum")) \
+        if name != "levels" and not (v is None and name in _MAY_BE_NONE) \
                 and not r.ok(v):
             raise StudyInputError(f"{flag(name)} {v!r}: must be {r.describe()}")
     _check_lists(cfg)
+    _check_pruner_settings(cfg)
     if cfg.model not in ("vgg16", "resnet18", "resnet34"):
         raise StudyInputError(f"--model {cfg.model}: choose vgg16, resnet18 or resnet34")
     for name, known in (("head", ("deeplab", "aspp")), ("init", ("kaiming", "default")),
@@ -291,8 +328,12 @@ def check_config(cfg: StudyConfig) -> None:
     _check_device(cfg.device)
 
 
+#: settings added after runs were first written; a config.json without one ran with this value
+_ADDED_LATER = {"criterion_settings": {}, "step_weights": None, "prune_weight_decay": None}
+
+
 def _key_value(cfg_dict: Dict[str, Any], k: str):
-    v = cfg_dict.get(k, "(not recorded)")
+    v = cfg_dict.get(k, _ADDED_LATER.get(k, "(not recorded)"))
     # cuda and cuda:1 compute alike; cpu and cuda do not
     return v.split(":")[0] if k == "device" and isinstance(v, str) else v
 

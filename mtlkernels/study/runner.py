@@ -143,12 +143,14 @@ class Study:
         return json.loads(path.read_text()) if path.exists() else None
 
     def _pruner(self, model, criterion: str, optimizer=None) -> MultiTaskPruner:
+        cfg = self.cfg
+        kw = dict(min_channels=cfg.min_channels, scope="group", carry_scores=False)
+        kw.update(cfg.criterion_settings.get(criterion, {}))
         return MultiTaskPruner(model, TASKS, criterion, example_inputs=self.example, optimizer=optimizer,
-                               exclude=head_conv_names(model), min_channels=self.cfg.min_channels,
-                               ranking=self.cfg.ranking, mode="compact",
-                               score_accumulation="mean" if self.cfg.score_momentum is None
-                               else ("ema", self.cfg.score_momentum),
-                               seed=self.cfg.seed, warn_unsupported=False)
+                               exclude=head_conv_names(model), ranking=cfg.ranking, mode="compact",
+                               score_accumulation="mean" if cfg.score_momentum is None
+                               else ("ema", cfg.score_momentum), step_weights=cfg.step_weights,
+                               seed=cfg.seed, warn_unsupported=False, **kw)
 
     # ------------------------------------------------------------------------------ trivial
     def trivial(self) -> Dict[str, Any]:
@@ -363,8 +365,8 @@ class _PruneStage:
         self.f0 = int(self.base["backbone_filters"])
         self.targets = [int(math.ceil(l * self.f0)) for l in self.cfg.levels]
         self.stream = STREAM_PRUNE + sum(ord(c) for c in criterion)
-        opt_fn = lambda params: make_optimizer(params, self.cfg.prune_lr, self.cfg.weight_decay,  # noqa: E731
-                                               self.cfg.prune_optimizer)
+        wd = self.cfg.weight_decay if self.cfg.prune_weight_decay is None else self.cfg.prune_weight_decay
+        opt_fn = lambda params: make_optimizer(params, self.cfg.prune_lr, wd, self.cfg.prune_optimizer)  # noqa: E731
         if state is None:
             self.model = study.baseline_model()
             self.opt = opt_fn(self.model.parameters())
