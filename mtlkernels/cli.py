@@ -98,9 +98,9 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
                    help="demo: the authors' VGG16 at 1/8 width on procedural scenes, 3 seeds in ~15 min on 2 CPU cores; paper: full VGG16 on "
                         "NYUv2, 100 filters every 500 iterations [%(default)s]")
     g.add_argument("--protocol", choices=["study", "authors"], default="study",
-                   help="authors: the parts of the authors' pruning protocol the study can follow (at least 1 "
-                        "filter per layer, EMA scores with momentum 0.9, AdamW 5e-5 between prunes) "
-                        "[%(default)s]")
+                   help="authors: the parts of the authors' pruning protocol the study can follow (Taylor "
+                        "scores carried across prunes, floor 1; cosine per weight filter, floor 5; AdamW 5e-5, "
+                        "decay 0.01; steps on grad L_last + 2 grad L_sum; README) [%(default)s]")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... [preset's]")
     g.add_argument("--seed", type=r("seed"), help="one seed (of data, init and sampling), its study in --out itself")
     g.add_argument("--seeds", type=r("seed"), nargs="+", metavar="K",
