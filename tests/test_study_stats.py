@@ -128,3 +128,31 @@ def test_readme_numbers_are_generated_from_the_committed_results():
         os.chdir(cwd)
     text = (root / "README.md").read_text()
     assert readme_blocks(text, blocks) == text
+
+
+def test_pilot_table_columns():
+    """Against the reference: the mean over shared seeds; noise: the SD over seeds; curves per criterion."""
+    import statistics
+
+    from mtlkernels.study.metrics import delta_m
+    from mtlkernels.study.pilots import pilot_table
+
+    def base(seg):
+        return {"seg": {"miou": seg, "pixel_acc": 50.0}, "depth": {"abs_err": 1.0, "rel_err": 0.5},
+                "normal": {"mean_angle": 30.0, "median_angle": 25.0, "within_11.25": 10.0, "within_22.5": 20.0,
+                           "within_30": 30.0}}
+
+    def seed(k, seg, runs=()):
+        return {"seed": k, "baseline_metrics": base(seg), "train_seconds": 1.0, "runs": list(runs)}
+
+    run = lambda c, f, d: {"criterion": c, "strategy": "iterative", "level": f, "filters_removed_frac": f,  # noqa: E731
+                           "delta_m": {"all": d}}
+    pilots = {"a": {"why": "w", "over": {}, "ref": None, "seeds": [seed(0, 10.0), seed(1, 11.0), seed(2, 12.0)]},
+              "b": {"why": "w", "over": {"x": 1}, "ref": "a",
+                    "seeds": [seed(0, 20.0, [run("taylor", 0.5, -1.0), run("cosine", 0.5, -2.0)])]}}
+    rows = pilot_table(pilots)
+    a, b = rows[2].split(" | "), rows[3].split(" | ")
+    dm = [delta_m(base(s), base(10.0))["all"] for s in (10.0, 11.0, 12.0)]
+    assert dm[1] > 0.5 and a[6] == f"{statistics.stdev(dm):.1f}" and a[5] == "–"
+    assert b[5] == f"{delta_m(base(20.0), base(10.0))['all']:+.1f}" and b[6] == "–"
+    assert b[7].startswith("taylor: 50%: -1.0; cosine: 50%: -2.0")

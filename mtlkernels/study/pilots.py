@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
+
 from ..pruning.io import atomic_write_text
 from .config import make_config
 from .metrics import delta_m
@@ -39,6 +41,17 @@ PILOTS: Dict[str, Dict[str, Any]] = {
     "base-300-lr5-nodrop": dict(why="faster learning: lr 5e-3, no dropout",
                                 over=dict(train_steps=300, lr=5e-3, dropout=0.0), stages=["train"], seeds=[0],
                                 ref="base-300"),
+    "base-1200": dict(why="(a) converged? four times the default budget; seed noise there",
+                      over=dict(train_steps=1200), stages=["train"], seeds=[0, 1, 2], ref="base-600"),
+    "base-2400": dict(why="(a) converged? doubling 1200 steps", over=dict(train_steps=2400), stages=["train"],
+                      seeds=[0], ref="base-1200"),
+    "base-300-bn": dict(why="the BN variant (--bn) at the default budget", over=dict(train_steps=300, bn=True),
+                        stages=["train"], seeds=[0], ref=None),
+    "base-600-bn": dict(why="(a) for the BN variant: doubling its steps", over=dict(train_steps=600, bn=True),
+                        stages=["train"], seeds=[0], ref="base-300-bn"),
+    "prune-1200": dict(why="(b)/(c): the pruning curve from a 1200-step baseline, both criteria",
+                       over=dict(train_steps=1200, levels=[0.5, 0.8, 0.9, 0.94]), stages=["train", "prune"],
+                       seeds=[0], ref="base-1200"),
     "prune-300": dict(why="(b)/(c): the pruning curve at the default scale, 13 filters every 8 steps",
                       over=dict(train_steps=300, levels=[0.25, 0.5, 0.75, 0.9], prune_every=8, level_ft_steps=30,
                                 criteria=["taylor"]), stages=["train", "prune"], seeds=[0], ref=None),
@@ -77,9 +90,10 @@ def _fmt(v: Optional[float]) -> str:
 
 def pilot_table(pilots: Dict[str, Any]) -> List[str]:
     """Markdown rows: per pilot its settings, its baseline's delta_m against the reference pilot's (same
-    seed), the seed-to-seed delta_m of its baselines, and its pruning curve."""
+    seed, mean over the seeds both ran), the seed noise (the standard deviation over seeds of each
+    baseline's delta_m against seed 0's), and its pruning curve (seed 0, per criterion)."""
     L = ["| pilot | asks | settings | seeds | baseline time (s) | baseline dm vs reference (same seed) | "
-         "seed 1 vs seed 0 baseline dm | iterative dm per level (removed: dm) |", "|---" * 8 + "|"]
+         "seed noise: SD of baseline dm | iterative dm per level (removed: dm) |", "|---" * 8 + "|"]
     for name, p in pilots.items():
         seeds = p["seeds"]
         ref = pilots.get(p["ref"]) if p["ref"] else None
@@ -88,13 +102,18 @@ def pilot_table(pilots: Dict[str, Any]) -> List[str]:
             rb = {s["seed"]: s["baseline_metrics"] for s in ref["seeds"]}
             d = [delta_m(s["baseline_metrics"], rb[s["seed"]])["all"] for s in seeds if s["seed"] in rb]
             vs_ref = sum(d) / len(d) if d else None
-        noise = (delta_m(seeds[1]["baseline_metrics"], seeds[0]["baseline_metrics"])["all"]
-                 if len(seeds) > 1 else None)
-        curve = ", ".join(f"{100 * r['filters_removed_frac']:.0f}%: {r['delta_m']['all']:+.1f}"
-                          for r in seeds[0]["runs"] if r["strategy"] == "iterative") or "–"
+        noise = None
+        if len(seeds) > 1:
+            d = torch.tensor([delta_m(s["baseline_metrics"], seeds[0]["baseline_metrics"])["all"] for s in seeds])
+            noise = float(d.std())
+        runs = [r for r in seeds[0]["runs"] if r["strategy"] == "iterative"]
+        crits = list(dict.fromkeys(r["criterion"] for r in runs))
+        curve = "; ".join(f"{c}: " + ", ".join(f"{100 * r['filters_removed_frac']:.0f}%: {r['delta_m']['all']:+.1f}"
+                                               for r in runs if r["criterion"] == c) for c in crits) or "–"
         over = ", ".join(f"{k}={v}" for k, v in p["over"].items())
         secs = sum(s["train_seconds"] for s in seeds) / len(seeds)
-        L.append(f"| `{name}` | {p['why']} | {over} | {len(seeds)} | {secs:.0f} | {_fmt(vs_ref)} | {_fmt(noise)} | "
+        L.append(f"| `{name}` | {p['why']} | {over} | {len(seeds)} | {secs:.0f} | {_fmt(vs_ref)} | "
+                 f"{'–' if noise is None else f'{noise:.1f}'} | "
                  f"{curve} |")
     return L
 
