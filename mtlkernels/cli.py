@@ -24,7 +24,10 @@ from typing import List, Optional
 __all__ = ["main", "build_parser"]
 
 #: the committed results the README's results section is generated from, and its figure
-PUBLISHED = ("docs/study_results.json", "docs/study_delta_m.png")
+#: published studies: name -> (results file, delta_m figure), each with its generated README block;
+#: "default" is the main job's, "long" the same study at four times the training budget
+PUBLISHED = {"default": ("docs/study_results.json", "docs/study_delta_m.png"),
+             "long": ("docs/study_results_long.json", "docs/study_delta_m_long.png")}
 DEFAULT_SEEDS = [0, 1, 2]
 
 STAGES = {"train": ["train"], "prune": ["train", "prune"], "retrain": ["train", "prune", "retrain"],
@@ -82,11 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "report":
             _add_run_arguments(sp)
     g = p.commands["report"].add_argument_group("README")
-    g.add_argument("--publish", action="store_true",
-                   help=f"copy --out's results.json and fig_delta_m.png to {PUBLISHED[0]} and {PUBLISHED[1]}, "
-                        "then regenerate the README's results section from them")
+    g.add_argument("--publish", nargs="?", const="default", choices=list(PUBLISHED), metavar="NAME",
+                   help="copy --out's results.json and fig_delta_m.png to docs/ as the published study NAME "
+                        f"({', '.join(f'{k}: {v[0]}' for k, v in PUBLISHED.items())}) [default], then "
+                        "regenerate the README's generated sections")
     g.add_argument("--readme", action="store_true",
-                   help=f"regenerate the README's results section from {PUBLISHED[0]} (no --out needed)")
+                   help="regenerate the README's results and pilot sections from the committed docs/ files "
+                        "(no --out needed)")
     g.add_argument("--check", action="store_true", help="with --readme: exit 1 if the README's section differs")
     return p
 
@@ -94,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     r = _ranged
     g = sp.add_argument_group("run")
-    g.add_argument("--preset", choices=["demo", "paper"], default="demo",
-                   help="demo: the authors' VGG16 at 1/8 width on procedural scenes, 3 seeds in ~15 min on 2 CPU cores; paper: full VGG16 on "
-                        "NYUv2, 100 filters every 500 iterations [%(default)s]")
+    g.add_argument("--preset", choices=["demo", "long", "paper"], default="demo",
+                   help="demo: the authors' VGG16 at 1/8 width on procedural scenes, 3 seeds in ~15 min on 2 CPU "
+                        "cores; long: the demo with 1200 training steps (~40 min); paper: full VGG16 on NYUv2, "
+                        "100 filters every 500 iterations [%(default)s]")
     g.add_argument("--protocol", choices=["study", "authors"], default="study",
                    help="authors: the parts of the authors' pruning protocol the study can follow (Taylor "
                         "scores carried across prunes, floor 1; cosine per weight filter, floor 5; AdamW 5e-5, "
@@ -167,7 +173,7 @@ def _config(args):
             "level_ft_steps", "min_channels", "strategies", "latency_repeats", "threads", "ckpt_every",
             "equivalence_margin", "score_momentum", "step_weights", "prune_weight_decay"]
     cfg = make_config(args.preset, args.protocol, **{k: getattr(args, k, None) for k in keys})
-    if cfg.threads is None and cfg.preset == "demo" and cfg.device == "cpu":
+    if cfg.threads is None and cfg.preset in ("demo", "long") and cfg.device == "cpu":
         # the demo's small (and pruned, odd-width) convs gain little from intra-op threads, and on a
         # machine shared with other work 2+ threads can be 10x slower (threads waiting on each other)
         cfg.threads = 1
@@ -236,22 +242,25 @@ def _report(args) -> int:
     if args.publish:
         import shutil
 
-        shutil.copyfile(out / "results.json", PUBLISHED[0])
-        shutil.copyfile(out / "fig_delta_m.png", PUBLISHED[1])
+        results, figure = PUBLISHED[args.publish]
+        shutil.copyfile(out / "results.json", results)
+        shutil.copyfile(out / "fig_delta_m.png", figure)
         return _readme(args)
     return 0
 
 
 def readme_blocks() -> dict:
-    """The README's generated blocks, from the committed results (PUBLISHED) and pilots files."""
+    """The README's generated blocks, from the committed results (PUBLISHED: those that exist) and
+    pilots files."""
     import json
 
     from .study.pilots import PILOTS_JSON
-    from .study.report import PILOTS_BEGIN, README_BEGIN, pilots_section, readme_section
+    from .study.report import PILOTS_BEGIN, pilots_section, readme_section, results_markers
 
-    res = json.loads(Path(PUBLISHED[0]).read_text())
-    return {README_BEGIN: readme_section(res, PUBLISHED[0], PUBLISHED[1]),
-            PILOTS_BEGIN: pilots_section(json.loads(Path(PILOTS_JSON).read_text()), PILOTS_JSON)}
+    blocks = {results_markers(name)[0]: readme_section(json.loads(Path(res).read_text()), res, fig, name)
+              for name, (res, fig) in PUBLISHED.items() if Path(res).exists()}
+    blocks[PILOTS_BEGIN] = pilots_section(json.loads(Path(PILOTS_JSON).read_text()), PILOTS_JSON)
+    return blocks
 
 
 def _readme(args) -> int:
@@ -259,9 +268,9 @@ def _readme(args) -> int:
     from .study.report import readme_blocks as replaced, write_readme
 
     readme = Path("README.md")
-    if not Path(PUBLISHED[0]).exists() or not readme.exists():
+    if not Path(PUBLISHED["default"][0]).exists() or not readme.exists():
         print(f"mtlkernels report: error: --readme runs in the repository root (needs README.md and "
-              f"{PUBLISHED[0]})", file=sys.stderr)
+              f"{PUBLISHED['default'][0]})", file=sys.stderr)
         return 2
     blocks = readme_blocks()
     if args.check:

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -435,3 +436,26 @@ def test_settings_added_later_resume_older_runs(tmp_path):
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SystemExit):
         cli.main(["train", "--out", str(out)] + TINY)
+
+
+def test_publish_a_second_study(study_dir, tmp_path, monkeypatch):
+    """`report --publish long` copies the run's results and figure to docs/ under that name and fills
+    the README's study-results-long block; the main job's block and the pilots stay as they were."""
+    from mtlkernels.study.report import results_markers
+
+    root = Path(__file__).resolve().parents[1]
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    for f in ("study_results.json", "study_pilots.json"):
+        shutil.copyfile(root / "docs" / f, repo / "docs" / f)
+    begin, end = results_markers("long")
+    readme = (root / "README.md").read_text() + f"\n{begin}\nstale\n{end}\n"
+    (repo / "README.md").write_text(readme)
+    monkeypatch.chdir(repo)
+    assert cli.main(["report", "--out", str(study_dir), "--publish", "long"]) == 0
+    assert (repo / "docs" / "study_results_long.json").exists() and (repo / "docs" / "study_delta_m_long.png").exists()
+    text = (repo / "README.md").read_text()
+    block = text[text.index(begin):text.index(end)]
+    assert "Generated from `docs/study_results_long.json`" in block and "stale" not in block
+    assert text[:text.index(begin)] == readme[:readme.index(begin)]   # the rest is untouched
+    assert cli.main(["report", "--readme", "--check"]) == 0
