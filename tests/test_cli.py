@@ -406,6 +406,8 @@ def test_protocol_authors(tmp_path):
 
     c = make_config("demo", "authors", min_channels=3)
     assert (c.score_momentum, c.prune_optimizer, c.prune_lr, c.min_channels) == (None, "adamw", 5e-5, 3)
+    assert all("min_channels" not in kw for kw in c.criterion_settings.values())  # the flag wins everywhere
+    assert c.criterion_settings["cosine"]["scope"] == "filter"
     assert make_config("paper", "authors").min_channels == PROTOCOLS["authors"]["min_channels"] == 1
     out = tmp_path / "a"
     assert cli.main(["prune", "--out", str(out), "--protocol", "authors", "--criterion", "taylor", "cosine"]

@@ -159,7 +159,8 @@ RANGES: Dict[str, Range] = {
     "train_steps": Range(int, 1), "batch_size": Range(int, 2), "lr": Range(float, 0, lo_open=True),
     "weight_decay": Range(float, 0), "levels": Range(float, 0, 1, lo_open=True, hi_open=True),
     "prune_every": Range(int, 1), "prune_amount": Range(int, 1), "level_ft_steps": Range(int, 0),
-    "prune_lr": Range(float, 0, lo_open=True), "prune_weight_decay": Range(float, 0), "min_channels": Range(int, 1), "eval_batch": Range(int, 1),
+    "prune_lr": Range(float, 0, lo_open=True), "prune_weight_decay": Range(float, 0), "min_channels": Range(int, 1),
+    "eval_batch": Range(int, 1),
     "latency_batch": Range(int, 1), "latency_repeats": Range(int, 1), "seed": Range(int, 0),
     "ckpt_every": Range(int, 1), "threads": Range(int, 1), "equivalence_margin": Range(float, 0, lo_open=True),
 }
@@ -224,7 +225,9 @@ PROTOCOLS: Dict[str, Dict[str, Any]] = {
 
 
 def make_config(preset: str = "demo", protocol: str = "study", **overrides) -> StudyConfig:
-    """The preset's config, then the protocol's settings, then ``overrides`` (``None`` values are ignored)."""
+    """The preset's config, then the protocol's settings, then ``overrides`` (``None`` values are ignored).
+    An override of a setting that ``criterion_settings`` also holds per criterion (``min_channels``,
+    ``scope``, ``carry_scores``) replaces the per-criterion values too: explicit flags win."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     if protocol not in PROTOCOLS:
@@ -239,6 +242,9 @@ def make_config(preset: str = "demo", protocol: str = "study", **overrides) -> S
         if k not in d:
             raise ValueError(f"unknown study setting {k!r}")
         d[k] = v
+        if k in _SETTINGS and "criterion_settings" not in overrides:
+            d["criterion_settings"] = {c: {a: x for a, x in kw.items() if a != k}
+                                       for c, kw in d["criterion_settings"].items()}
     return StudyConfig.from_dict(d)
 
 
@@ -280,7 +286,8 @@ def _check_pruner_settings(cfg: StudyConfig) -> None:
                                   + "; each criterion of " + ", ".join(PRUNER_CRITERIA) + " may set min_channels "
                                   "(an integer >= 1), scope (group or filter), carry_scores (true or false)")
     w = cfg.step_weights
-    if w is not None and (len(w) != 3 or not all(Range(float, 0).ok(float(v)) for v in w)):
+    if w is not None and (len(w) != 3 or not all(Range(float, 0).ok(float(v)) if isinstance(v, (int, float))
+                                                 else False for v in w)):
         raise StudyInputError(f"--step-weights {' '.join(map(str, w))}: must be 3 finite numbers >= 0, "
                               "for seg, depth, normal")
 
