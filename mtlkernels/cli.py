@@ -100,9 +100,9 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     r = _ranged
     g = sp.add_argument_group("run")
     g.add_argument("--preset", choices=["demo", "long", "paper"], default="demo",
-                   help="demo: the authors' VGG16 at 1/8 width on procedural scenes, 3 seeds in ~15 min on 2 CPU "
-                        "cores; long: the demo with 1200 training steps (~40 min); paper: full VGG16 on NYUv2, "
-                        "100 filters every 500 iterations [%(default)s]")
+                   help="demo: the authors' VGG16 at 1/8 width on procedural scenes, 3 seeds in ~15 min on 2 "
+                        "CPU cores; long: the demo with 1200 training steps (~28 min with --jobs 3); paper: full "
+                        "VGG16 on NYUv2, 100 filters every 500 iterations [%(default)s]")
     g.add_argument("--protocol", choices=["study", "authors"], default="study",
                    help="authors: the parts of the authors' pruning protocol the study can follow (Taylor "
                         "scores carried across prunes, floor 1; cosine per weight filter, floor 5; AdamW 5e-5, "

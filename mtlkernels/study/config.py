@@ -193,7 +193,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # README (3 seeds in two processes: about 15 minutes on a 2-core CPU)
     "demo": {},
     # the demo at four times the training budget (1200 baseline and re-init steps), which the pilots show
-    # is needed for a benign first level and a sharp drop before the floor; ~40 min on a 2-core CPU
+    # is needed for a benign first level and a sharp drop before the floor; 28 min on a 2-core CPU with
+    # --jobs 3
     # (README, "Results at four times the budget")
     "long": dict(train_steps=1200),
     # the paper's scale, the authors' protocol where the study's machinery allows it (README: "The paper

@@ -93,11 +93,13 @@ def write_csv(res, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def _band(ax, summary, crit: str, strategy: str, t: str, k: str, color, ls: str, mk: str) -> None:
-    """One criterion x strategy: seed-mean line over filters removed, its 95% CI as a band."""
+def _band(ax, summary, crit: str, strategy: str, t: str, k: str, color, ls: str,
+          mk: str) -> Tuple[List[float], List[float]]:
+    """One criterion x strategy: seed-mean line over filters removed, its 95% CI as a band; returns
+    the plotted means and band edges (for the axis range)."""
     rows = [r for r in summary["levels"] if r["criterion"] == crit and r["strategy"] == strategy]
     if not rows:
-        return
+        return [], []
     base = summary["baseline"]["metrics"]
     pick = (lambda r: r["delta_m"][k]) if t == "delta_m" else (lambda r: r["metrics"][t][k])
     x = [0.0] + [100 * r["filters_removed_frac"]["mean"] for r in rows]
@@ -108,6 +110,23 @@ def _band(ax, summary, crit: str, strategy: str, t: str, k: str, color, ls: str,
     lo, hi = [c["lo"] for c in cis], [c["hi"] for c in cis]
     if all(math.isfinite(v) for v in lo + hi):
         ax.fill_between(x, lo, hi, color=color, alpha=0.15 if strategy == "iterative" else 0.08, lw=0)
+        return y, lo + hi
+    return y, []
+
+
+def _clip_bands(ax, means: List[float], edges: List[float]) -> None:
+    """A band far wider than the spread of the means (one diverged seed of three) would flatten every
+    curve: the axis then spans the means with a margin, and says that a band is cut."""
+    means = [v for v in means if math.isfinite(v)]
+    edges = [v for v in edges if math.isfinite(v)]
+    if not means or not edges:
+        return
+    lo, hi = min(means), max(means)
+    pad = max(0.5 * (hi - lo), 2.0)
+    if min(edges) < lo - 2 * pad or max(edges) > hi + 2 * pad:
+        ax.set_ylim(max(min(edges), lo - pad), min(max(edges), hi + pad))
+        ax.text(0.99, 0.02, "CI band cut at the axis", transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=7, color="0.4")
 
 
 def _figure(res, summary, t: str, out: Path) -> Path:
@@ -121,15 +140,21 @@ def _figure(res, summary, t: str, out: Path) -> Path:
     styles = {"iterative": ("-", "o"), "reinit": ("--", "s")}
     triv = seed_results(res)[0].get("trivial")
     for ax, k in zip(axes.ravel(), names):
+        means: List[float] = []
+        edges: List[float] = []
         for i, c in enumerate(crits):
             for s, (ls, mk) in styles.items():
-                _band(ax, summary, c, s, t, k, plt.cm.tab10(i), ls, mk)
+                m, e = _band(ax, summary, c, s, t, k, plt.cm.tab10(i), ls, mk)
+                means += m
+                edges += e
         if t == "delta_m" and summary.get("control"):
             cc = summary["control"]["delta_m"][k]
             ax.errorbar([0.0], [cc["mean"]], yerr=[[cc["mean"] - cc["lo"]], [cc["hi"] - cc["mean"]]]
                         if math.isfinite(cc["lo"]) else None, fmt="kD", ms=5, label="unpruned, retrained (control)")
         if triv and t != "delta_m":
             ax.axhline(triv["metrics"][t][k], color="0.6", lw=1.0, ls="-.", label="trivial predictor")
+            means.append(triv["metrics"][t][k])
+        _clip_bands(ax, means, edges)
         ax.set_xlabel("backbone filters removed (%)")
         ax.set_ylabel(METRIC_LABEL.get(k, f"delta_m {k} (%)"))
         ax.grid(alpha=0.3)
