@@ -156,3 +156,27 @@ def test_pilot_table_columns():
     assert dm[1] > 0.5 and a[6] == f"{statistics.stdev(dm):.1f}" and a[5] == "–"
     assert b[5] == f"{delta_m(base(20.0), base(10.0))['all']:+.1f}" and b[6] == "–"
     assert b[7].startswith("taylor: 50%: -1.0; cosine: 50%: -2.0")
+
+
+def test_figure_axis_follows_the_means_when_a_band_is_far_wider():
+    """One diverged seed of three widens its band 50x: the axis keeps the curves readable and says that
+    a band is cut; an ordinary band sets no limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mtlkernels.study.report import _clip_bands
+
+    fig, (a, b) = plt.subplots(1, 2)
+    means = [0.0, -2.0, -9.0, -14.0]
+    a.plot(range(4), means)
+    _clip_bands(a, means, [3.0, -20.0, -140.0, 100.0])
+    lo, hi = a.get_ylim()
+    assert -30 < lo < -14 and 0 < hi < 20 and any("cut" in t.get_text() for t in a.texts)
+    b.plot(range(4), means)
+    b.fill_between(range(4), [v - 3 for v in means], [v + 3 for v in means])
+    before = b.get_ylim()
+    _clip_bands(b, means, [v - 3 for v in means] + [v + 3 for v in means])
+    assert b.get_ylim() == before and not b.texts
+    plt.close(fig)
