@@ -28,7 +28,8 @@ PILOTS_JSON = "docs/study_pilots.json"
 #: a pilot (its folder would refuse to resume, and its numbers would no longer be what the table says)
 PILOT_BASE: Dict[str, Any] = dict(levels=[0.5, 0.8, 0.93], prune_every=4, prune_amount=13, level_ft_steps=20)
 
-#: name -> (what it asks, overrides of the demo preset, stages, seeds, reference pilot of its baseline)
+#: name -> (what it asks, overrides of the demo preset, stages, seeds, reference pilot of its baseline,
+#: optionally the protocol applied before the overrides)
 PILOTS: Dict[str, Dict[str, Any]] = {
     "base-300": dict(why="baseline at the default budget; seed noise", over=dict(train_steps=300),
                      stages=["train"], seeds=[0, 1], ref=None),
@@ -52,6 +53,9 @@ PILOTS: Dict[str, Dict[str, Any]] = {
     "prune-1200": dict(why="(b)/(c): the pruning curve from a 1200-step baseline, both criteria",
                        over=dict(train_steps=1200, levels=[0.5, 0.8, 0.9, 0.94]), stages=["train", "prune"],
                        seeds=[0], ref="base-1200"),
+    "prune-1200-authors": dict(why="the same under --protocol authors (README: what it sets)",
+                               over=dict(train_steps=1200, levels=[0.5, 0.8, 0.94]), protocol="authors",
+                               stages=["train", "prune"], seeds=[0], ref="base-1200"),
     "prune-300": dict(why="(b)/(c): the pruning curve at the default scale, 13 filters every 8 steps",
                       over=dict(train_steps=300, levels=[0.25, 0.5, 0.75, 0.9], prune_every=8, level_ft_steps=30,
                                 criteria=["taylor"]), stages=["train", "prune"], seeds=[0], ref=None),
@@ -66,11 +70,12 @@ def run_pilots(out: Path, names: Optional[List[str]] = None, jobs: int = 2) -> D
     for name, p in PILOTS.items():
         if names and name not in names:
             continue
-        cfg = make_config("demo", threads=1, **dict(PILOT_BASE, **p["over"]))
+        cfg = make_config("demo", p.get("protocol", "study"), threads=1, **dict(PILOT_BASE, **p["over"]))
         run_seeds(cfg, Path(out) / name, p["seeds"], p["stages"], jobs=jobs)
         res = collect_seeds(Path(out) / name)
         atomic_write_text(Path(out) / name / "pilot.json", json.dumps(
-            {"why": p["why"], "over": p["over"], "ref": p["ref"], "seeds": [_brief(s) for s in res["seeds"]]}))
+            {"why": p["why"], "over": p["over"], "protocol": p.get("protocol", "study"), "ref": p["ref"],
+             "seeds": [_brief(s) for s in res["seeds"]]}))
     collected = {n: json.loads((Path(out) / n / "pilot.json").read_text()) for n in PILOTS
                  if (Path(out) / n / "pilot.json").exists()}
     atomic_write_text(Path(PILOTS_JSON), json.dumps(collected, indent=1))
@@ -110,7 +115,8 @@ def pilot_table(pilots: Dict[str, Any]) -> List[str]:
         crits = list(dict.fromkeys(r["criterion"] for r in runs))
         curve = "; ".join(f"{c}: " + ", ".join(f"{100 * r['filters_removed_frac']:.0f}%: {r['delta_m']['all']:+.1f}"
                                                for r in runs if r["criterion"] == c) for c in crits) or "–"
-        over = ", ".join(f"{k}={v}" for k, v in p["over"].items())
+        over = ", ".join([f"{k}={v}" for k, v in p["over"].items()]
+                         + ([f"protocol={p['protocol']}"] if p.get("protocol", "study") != "study" else []))
         secs = sum(s["train_seconds"] for s in seeds) / len(seeds)
         L.append(f"| `{name}` | {p['why']} | {over} | {len(seeds)} | {secs:.0f} | {_fmt(vs_ref)} | "
                  f"{'–' if noise is None else f'{noise:.1f}'} | "
