@@ -1,6 +1,7 @@
 """Helpers shared by the CPU benchmark scripts: the machine's name and how results are written."""
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 from pathlib import Path
@@ -27,3 +28,14 @@ def emit(res: dict, out: Optional[Path], quiet: bool = False) -> dict:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
     return res
+
+
+def timing_args(doc: str, rounds: int) -> argparse.ArgumentParser:
+    """The common flags of the CPU timing scripts: ``--rounds`` (default ``rounds``), ``--threads``
+    (intra-op threads, default 1), ``--smoke`` (tiny settings: checks the script, not speed), ``--out``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", type=Path)
+    return ap

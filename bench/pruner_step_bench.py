@@ -17,7 +17,6 @@ Run: ``python bench/pruner_step_bench.py [--rounds 15] [--out bench/results/prun
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -35,7 +34,7 @@ with warnings.catch_warnings():
     import mtlkernels
     from mtlkernels.study.models import VGG16MTL
     from mtlkernels.pruning import MultiTaskPruner
-from benchutil import cpu_name, emit  # noqa: E402
+from benchutil import cpu_name, emit, timing_args  # noqa: E402
 
 TASKS = {"seg": 7, "depth": 1, "normal": 3}
 
@@ -88,12 +87,7 @@ def measure(fns, rounds, reps):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--out", type=Path)
-    a = ap.parse_args(argv)
+    a = timing_args(__doc__, rounds=15).parse_args(argv)
     torch.set_num_threads(a.threads)
     width, size, batch = (1 / 16, 16, 2) if a.smoke else (1 / 8, 64, 16)
     rounds = 2 if a.smoke else a.rounds

@@ -25,7 +25,6 @@ Run: ``python bench/torch_pruning_compare.py [--rounds 5] [--out bench/results/<
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.metadata
 import os
@@ -50,7 +49,7 @@ with warnings.catch_warnings():
     from mtlkernels.integrations.torch_pruning import MultiTaskImportance
     from mtlkernels.study.models import ResNetMTL, VGG16MTL
     from mtlkernels.pruning import MultiTaskPruner, analyse
-    from benchutil import cpu_name, emit
+    from benchutil import cpu_name, emit, timing_args
 
 T = 3
 TASKS = {"seg": 7, "depth": 1, "normal": 3}
@@ -229,12 +228,7 @@ def compare(name, make, shape, rounds):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--out", type=Path)
-    a = ap.parse_args(argv)
+    a = timing_args(__doc__, rounds=5).parse_args(argv)
     torch.set_num_threads(a.threads)
     rounds = 1 if a.smoke else a.rounds
     specs = model_specs(a.smoke)

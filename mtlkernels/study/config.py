@@ -287,8 +287,7 @@ def _check_pruner_settings(cfg: StudyConfig) -> None:
                                   + "; each criterion of " + ", ".join(PRUNER_CRITERIA) + " may set min_channels "
                                   "(an integer >= 1), scope (group or filter), carry_scores (true or false)")
     w = cfg.step_weights
-    if w is not None and (len(w) != 3 or not all(Range(float, 0).ok(float(v)) if isinstance(v, (int, float))
-                                                 else False for v in w)):
+    if w is not None and (len(w) != 3 or not all(Range(float, 0).ok(v) for v in w)):
         raise StudyInputError(f"--step-weights {' '.join(map(str, w))}: must be 3 finite numbers >= 0, "
                               "for seg, depth, normal")
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional
-
-import torch
 
 from ..pruning.io import atomic_write_text
 from .config import make_config
@@ -107,10 +106,8 @@ def pilot_table(pilots: Dict[str, Any]) -> List[str]:
             rb = {s["seed"]: s["baseline_metrics"] for s in ref["seeds"]}
             d = [delta_m(s["baseline_metrics"], rb[s["seed"]])["all"] for s in seeds if s["seed"] in rb]
             vs_ref = sum(d) / len(d) if d else None
-        noise = None
-        if len(seeds) > 1:
-            d = torch.tensor([delta_m(s["baseline_metrics"], seeds[0]["baseline_metrics"])["all"] for s in seeds])
-            noise = float(d.std())
+        noise = (statistics.stdev(delta_m(s["baseline_metrics"], seeds[0]["baseline_metrics"])["all"] for s in seeds)
+                 if len(seeds) > 1 else None)
         runs = [r for r in seeds[0]["runs"] if r["strategy"] == "iterative"]
         crits = list(dict.fromkeys(r["criterion"] for r in runs))
         curve = "; ".join(f"{c}: " + ", ".join(f"{100 * r['filters_removed_frac']:.0f}%: {r['delta_m']['all']:+.1f}"
